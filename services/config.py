@@ -1,0 +1,134 @@
+"""The one settings object, read from ``STRATA_*`` environment variables.
+
+Embedded defaults need no server: everything lives under ``STRATA_DATA_DIR`` (a SQLite
+database, a filesystem object store and a filesystem Celery broker).  Production points
+``STRATA_DATABASE_URL`` at Postgres, ``STRATA_BROKER_URL`` at Redis and ``STRATA_S3_*`` at MinIO.
+
+``get_settings()`` reads the environment once per process; a bad or missing value raises
+``SettingsError`` whose message names the variable, so a misconfigured process fails at start.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "STRATA_"
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(Path("./var"), description="Embedded database, objects, broker, cache.")
+    database_url: str | None = Field(
+        None, description="sqlite:///... or postgresql+psycopg://...; default: SQLite in data_dir."
+    )
+    broker_url: str | None = Field(
+        None, description="redis://... or filesystem://; default: a filesystem broker in data_dir."
+    )
+    # Redis redelivers an unacknowledged task after this many seconds, so it must exceed the
+    # longest training run (tasks are acknowledged late, when they finish).
+    broker_visibility_timeout_s: int = Field(12 * 3600, ge=60)
+
+    s3_endpoint: str | None = Field(None, description="http(s)://host:port of MinIO/S3; unset = local files.")
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = "strata"
+    s3_region: str = "us-east-1"
+
+    # --- the API -------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # --- the worker ----------------------------------------------------------------------
+    training_queue: str = "training"
+    worker_concurrency: int = Field(1, ge=1, description="Training processes per worker: one per GPU.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite://", "postgresql+psycopg://")):
+            raise ValueError("must start with sqlite:// or postgresql+psycopg://")
+        return v
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "filesystem://", "memory://")):
+            raise ValueError("must start with redis://, rediss:// or filesystem://")
+        return v
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _check_s3_endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be a URL such as http://127.0.0.1:9000")
+        return v
+
+    @model_validator(mode="after")
+    def _s3_credentials_go_together(self) -> "Settings":
+        if self.s3_endpoint:
+            for name in ("s3_access_key", "s3_secret_key"):
+                if not getattr(self, name):
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()} is required when {ENV_PREFIX}S3_ENDPOINT is set")
+        return self
+
+    # --- derived values (one place that knows the embedded layout) --------------------------
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'strata.db').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def objects_dir(self) -> Path:
+        return (self.data_dir / "objects").resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        return (self.data_dir / "cache").resolve()
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external server is configured at all."""
+        return not (self.database_url or self.broker_url or self.s3_endpoint)
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else ""
+        var = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{var}: {msg}" if field else msg)
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the environment (plus explicit overrides); raise SettingsError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise SettingsError(_explain(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,134 @@
+"""Fixtures shared by the whole suite: real servers, never mocks of our own components.
+
+Backends come in two flavours and the storage, database and worker tests run on both:
+embedded (SQLite, local files, filesystem broker) and servers (Postgres on 127.0.0.1:5432,
+Redis on 127.0.0.1:6379, an S3 endpoint served by moto's ThreadedMotoServer on a free port).
+Outside CI a missing server skips its tests; with CI=true it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+def server_missing(what: str) -> None:
+    """A server a test needs is not reachable: a failure in CI, a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{what} is not reachable and CI=true: start it (see .ci/run)", pytrace=False)
+    pytest.skip(f"{what} is not reachable")
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _clean_strata_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests build their own settings; a developer's STRATA_* variables must not leak in."""
+    for key in list(os.environ):
+        if key.startswith("STRATA_"):
+            monkeypatch.delenv(key)
+
+
+# --- Postgres ----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local Postgres for this test session, dropped afterwards."""
+    if not port_open(PG_HOST, PG_PORT):
+        server_missing(f"PostgreSQL at {PG_HOST}:{PG_PORT}")
+    import psycopg
+
+    name = f"strata_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = f"host={PG_HOST} port={PG_PORT} dbname=postgres user={os.environ.get('PGUSER', 'postgres')}"
+    try:
+        conn = psycopg.connect(admin, autocommit=True)
+    except psycopg.OperationalError:
+        admin = f"host={PG_HOST} port={PG_PORT} dbname=test"
+        conn = psycopg.connect(admin, autocommit=True)
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    user = conn.info.user
+    yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- Redis -------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    if not port_open(REDIS_HOST, REDIS_PORT):
+        server_missing(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+
+
+# --- S3 (moto) ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3 HTTP endpoint on a free loopback port; the minio client talks to it like MinIO."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+# --- settings for each flavour -------------------------------------------------------------
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "var"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def embedded_settings(data_dir: Path):
+    from services.config import load_settings
+
+    return load_settings(data_dir=data_dir)
+
+
+@pytest.fixture
+def server_settings(data_dir: Path, postgres_url: str, redis_url: str, s3_endpoint: str):
+    """Settings pointing at Postgres, Redis and the S3 endpoint; a bucket of its own per test."""
+    from services.config import load_settings
+
+    return load_settings(
+        data_dir=data_dir,
+        database_url=postgres_url,
+        broker_url=redis_url,
+        s3_endpoint=s3_endpoint,
+        s3_access_key="testing",
+        s3_secret_key="testing",
+        s3_bucket=f"strata-{uuid.uuid4().hex[:10]}",
+        training_queue=f"training-{uuid.uuid4().hex[:8]}",
+    )
+
+
+@pytest.fixture(params=["embedded", "servers"])
+def settings(request: pytest.FixtureRequest):
+    """Run the test once on the embedded defaults and once on real servers."""
+    return request.getfixturevalue(f"{request.param}_settings")
