@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from services.config import SettingsError
+from services.db.errors import DatabaseError
 
 COMMANDS = ("run", "worker", "db", "experiment", "bench")
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except SettingsError as err:
+    except (SettingsError, DatabaseError) as err:
         print(f"strata: {err}", file=sys.stderr)
         return 2
 

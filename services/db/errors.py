@@ -1,0 +1,27 @@
+"""Errors of the database layer; each message says what is wrong and which setting to look at."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import make_url
+
+DATABASE_URL_VAR = "STRATA_DATABASE_URL"
+
+
+class DatabaseError(RuntimeError):
+    """Base class: the database cannot be used as configured."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached (wrong host, port, credentials or name)."""
+
+
+class SchemaNotAtHead(DatabaseError):
+    """The schema is missing or at another revision than this code's migration head."""
+
+
+def display_url(url: str) -> str:
+    """The URL with any password masked, safe to print and log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL has no password we could locate; show only the scheme
+        return url.split("://", 1)[0] + "://..."

@@ -1,0 +1,215 @@
+"""The tables: tasks and their dataset items, global classes, model versions and their metrics,
+aliases, API keys and worker heartbeats.
+
+``tasks`` and ``model_versions`` point at each other (a task starts from a parent version and
+produces a version; a version records the task that produced it). The two foreign keys from
+``tasks`` are ``use_alter=True`` so ``create_all``/``drop_all`` and the migration can order the
+tables: they are added after both tables exist and dropped before either goes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from services.db.base import Base, utcnow
+
+BACKGROUND_CLASS_ID = 0
+IGNORE_INDEX = 255  # the "ignore" label in masks; never a class id
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Split(StrEnum):
+    TRAIN = "train"
+    VAL = "val"
+
+
+def _in(column: str, values: type[StrEnum]) -> str:
+    """SQL for ``column IN ('a', 'b', ...)`` built from an enum, so the CHECK and Python agree."""
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+class SemanticClass(Base):
+    """A class with its GLOBAL index (assigned by us, never reused; 0 is background)."""
+
+    __tablename__ = "classes"
+    __table_args__ = (CheckConstraint(f"id >= 0 AND id <> {IGNORE_INDEX}", name="id_valid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    # The task that introduced the class; NULL for background only.
+    task_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("tasks.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Task(Base):
+    """One requested learning step (or other job) and its lifecycle."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(_in("status", TaskStatus), name="status_valid"),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        Index("ix_tasks_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_task_id)
+    kind: Mapped[str] = mapped_column(String(32), default="train", server_default="train")
+    status: Mapped[str] = mapped_column(String(16), default=TaskStatus.QUEUED.value)
+    spec: Mapped[dict[str, Any]]
+    progress: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
+    parent_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.version", use_alter=True))
+    # The version this task produced (set in the same transaction that inserts the version).
+    model_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.version", use_alter=True))
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+    attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    items: Mapped[list[DatasetItem]] = relationship(
+        back_populates="task", cascade="all, delete-orphan", passive_deletes=True, order_by="DatasetItem.id"
+    )
+
+
+class DatasetItem(Base):
+    """One image/mask pair uploaded with a task; the bytes live in the object store."""
+
+    __tablename__ = "dataset_items"
+    __table_args__ = (
+        UniqueConstraint("task_id", "stem"),
+        CheckConstraint(_in("split", Split), name="split_valid"),
+        CheckConstraint("width > 0 AND height > 0", name="size_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(36), ForeignKey("tasks.id", ondelete="CASCADE"))
+    stem: Mapped[str] = mapped_column(String(255))
+    split: Mapped[str] = mapped_column(String(8))
+    image_key: Mapped[str] = mapped_column(String(512))
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_bytes: Mapped[int] = mapped_column(BigInteger)
+    mask_key: Mapped[str] = mapped_column(String(512))
+    mask_sha256: Mapped[str] = mapped_column(String(64))
+    mask_bytes: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int]
+    height: Mapped[int]
+
+    task: Mapped[Task] = relationship(back_populates="items")
+
+
+class ModelVersion(Base):
+    """An immutable trained model: checkpoint, class map, hyperparameters and summary scores."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint("num_classes >= 1", name="num_classes_positive"),
+    )
+
+    version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    parent_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.version"))
+    # UNIQUE: a task produces at most one version, so a redelivered task cannot add a second.
+    task_id: Mapped[str] = mapped_column(String(36), ForeignKey("tasks.id"), unique=True)
+    architecture: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(64))
+    hyperparameters: Mapped[dict[str, Any]]
+    class_map: Mapped[dict[str, Any]]  # {"0": "background", "1": "cat", ...}: global index -> name
+    num_classes: Mapped[int]
+    checkpoint_key: Mapped[str] = mapped_column(String(512))
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64))
+    checkpoint_bytes: Mapped[int] = mapped_column(BigInteger)
+    miou_old: Mapped[float | None]
+    miou_new: Mapped[float | None]
+    miou_all: Mapped[float | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    metrics: Mapped[list[ClassMetric]] = relationship(
+        back_populates="model", cascade="all, delete-orphan", passive_deletes=True, order_by="ClassMetric.class_index"
+    )
+
+
+class ClassMetric(Base):
+    """Per-class scores of one version; ``iou`` is NULL when the class is absent from the data."""
+
+    __tablename__ = "class_metrics"
+
+    version: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.version", ondelete="CASCADE"), primary_key=True
+    )
+    class_index: Mapped[int] = mapped_column(ForeignKey("classes.id"), primary_key=True)
+    iou: Mapped[float | None]
+    tp: Mapped[int] = mapped_column(BigInteger)
+    fp: Mapped[int] = mapped_column(BigInteger)
+    fn: Mapped[int] = mapped_column(BigInteger)
+    forgetting: Mapped[float | None]  # parent's IoU minus this version's, for classes both know
+
+    model: Mapped[ModelVersion] = relationship(back_populates="metrics")
+
+
+class Alias(Base):
+    """A movable name ("production", "latest") pointing at a version."""
+
+    __tablename__ = "aliases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(ForeignKey("model_versions.version"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    """An API key, stored as its sha256 only; ``prefix`` identifies it in listings."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(64))  # space-separated: "admin", "infer"
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class WorkerHeartbeat(Base):
+    """The last sign of life of a worker process, one row per host."""
+
+    __tablename__ = "worker_heartbeats"
+
+    hostname: Mapped[str] = mapped_column(String(255), primary_key=True)
+    pid: Mapped[int]
+    queue: Mapped[str] = mapped_column(String(64))
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    last_ping_token: Mapped[str | None] = mapped_column(String(64))
+    # Not a foreign key: a heartbeat must never stop a task from being deleted.
+    current_task_id: Mapped[str | None] = mapped_column(String(36))

@@ -1,0 +1,69 @@
+"""Object keys: the one set of rules every backend enforces, so a key valid on the
+filesystem store is valid on S3 and cannot escape the store's root."""
+
+from __future__ import annotations
+
+import re
+
+from services.storage.errors import InvalidKey
+
+MAX_KEY_CHARS = 900
+MAX_KEY_BYTES = 1024  # the S3 limit, in UTF-8 bytes
+MAX_SEGMENT_BYTES = 255  # NAME_MAX of common filesystems
+# The filesystem backend keeps its temp files and sha256 sidecars under this top-level name;
+# every backend refuses it so that a key valid on one backend is valid on the other.
+RESERVED_PREFIX = ".strata"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def validate_key(key: object) -> str:
+    """Return ``key`` unchanged if it is a valid object key; raise InvalidKey naming the rule.
+
+    Valid: a non-empty str of at most 900 characters (and 1024 UTF-8 bytes), relative
+    ('/'-separated, no leading '/'), no empty, '.' or '..' segments, no segment over 255
+    bytes, no backslash or control characters, and not under the reserved '.strata/'.
+    """
+    if not isinstance(key, str):
+        raise InvalidKey(f"object key must be a str, got {type(key).__name__}")
+    problem = _key_problem(key)
+    if problem:
+        raise InvalidKey(f"invalid object key {key!r}: {problem}")
+    return key
+
+
+def validate_prefix(prefix: object) -> str:
+    """Return ``prefix`` if it may start keys: '' or a key, optionally ending with one '/'."""
+    if not isinstance(prefix, str):
+        raise InvalidKey(f"key prefix must be a str, got {type(prefix).__name__}")
+    if prefix == "":
+        return prefix
+    problem = _key_problem(prefix[:-1] if prefix.endswith("/") else prefix)
+    if problem:
+        raise InvalidKey(f"invalid key prefix {prefix!r}: {problem}")
+    return prefix
+
+
+def _key_problem(key: str) -> str | None:
+    if not key:
+        return "it is empty"
+    if len(key) > MAX_KEY_CHARS:
+        return f"it has {len(key)} characters, the limit is {MAX_KEY_CHARS}"
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"it is longer than {MAX_KEY_BYTES} bytes in UTF-8"
+    if key.startswith("/"):
+        return "it must be relative (no leading '/')"
+    if "\\" in key:
+        return "backslashes are not allowed (use '/')"
+    if _CONTROL.search(key):
+        return "control characters are not allowed"
+    segments = key.split("/")
+    if "" in segments:
+        return "empty path segments ('//' or a trailing '/') are not allowed"
+    for seg in segments:
+        if seg in (".", ".."):
+            return f"'{seg}' segments are not allowed"
+        if len(seg.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+            return f"segment {seg[:20]!r}... is longer than {MAX_SEGMENT_BYTES} bytes"
+    if segments[0] == RESERVED_PREFIX:
+        return f"'{RESERVED_PREFIX}/' is reserved for the store's own files"
+    return None
