@@ -132,3 +132,11 @@ def load_settings(**overrides) -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return load_settings()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as STRATA_* variables, to hand the same configuration to a child process."""
+    env = {}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    return env

@@ -67,7 +67,7 @@ def postgres_url() -> Iterator[str]:
         conn = psycopg.connect(admin, autocommit=True)
     with conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    user = conn.info.user
+        user = conn.info.user
     yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -113,8 +113,17 @@ def embedded_settings(data_dir: Path):
 
 @pytest.fixture
 def server_settings(data_dir: Path, postgres_url: str, redis_url: str, s3_endpoint: str):
-    """Settings pointing at Postgres, Redis and the S3 endpoint; a bucket of its own per test."""
+    """Settings pointing at Postgres, Redis and the S3 endpoint; a bucket of its own per test.
+
+    The Postgres database is shared by the test session, so each test starts from an empty schema.
+    """
+    import psycopg
+
     from services.config import load_settings
+
+    with psycopg.connect(postgres_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
 
     return load_settings(
         data_dir=data_dir,
@@ -128,7 +137,50 @@ def server_settings(data_dir: Path, postgres_url: str, redis_url: str, s3_endpoi
     )
 
 
-@pytest.fixture(params=["embedded", "servers"])
+@pytest.fixture(params=["embedded", "server"])
 def settings(request: pytest.FixtureRequest):
     """Run the test once on the embedded defaults and once on real servers."""
     return request.getfixturevalue(f"{request.param}_settings")
+
+
+# --- a prepared service: schema at head, store ready -------------------------------------
+@pytest.fixture
+def prepared(settings):
+    """Settings (both flavours) whose database is migrated and whose object store exists."""
+    from services.cli.run import prepare
+
+    prepare(settings)
+    return settings
+
+
+@pytest.fixture
+def worker_process(prepared):
+    """A real Celery worker process on the prepared settings' broker and queue."""
+    import subprocess
+
+    from services.cli.processes import worker_command
+    from services.config import settings_env
+
+    env = {**os.environ, **settings_env(prepared)}
+    log = prepared.data_dir / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(worker_command(prepared), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=Path(__file__).resolve().parents[1])
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    print(log.read_text(errors="replace")[-4000:])  # shown by pytest only when a test fails
+
+
+@pytest.fixture
+def client(prepared):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(prepared)) as c:
+        yield c

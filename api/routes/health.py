@@ -1,0 +1,45 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import StateDep
+from services.db.session import check_database
+from worker.app import check_broker
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The process is up (no dependency is checked)."""
+    return {"status": "ok"}
+
+
+def _probe(check: Callable[[], None]) -> str | None:
+    try:
+        check()
+    except Exception as err:  # any failure of a dependency makes us not ready; say what it was
+        return f"{type(err).__name__}: {err}".strip()[:500]
+    return None
+
+
+@router.get("/readyz", responses={503: {"description": "a dependency is not ready; `failing` names it"}})
+def readyz(state: StateDep) -> JSONResponse:
+    """Database reachable with its schema at head, object store and broker reachable."""
+    problems = {
+        "database": _probe(lambda: check_database(state.engine)),
+        "object_store": _probe(state.store.check),
+        "broker": _probe(lambda: check_broker(state.celery)),
+    }
+    failing = [name for name, problem in problems.items() if problem]
+    body = {
+        "status": "unavailable" if failing else "ready",
+        "failing": failing,
+        "checks": {name: problem or "ok" for name, problem in problems.items()},
+    }
+    return JSONResponse(body, status_code=503 if failing else 200)

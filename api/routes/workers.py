@@ -1,0 +1,50 @@
+"""Workers as they report themselves, and a round-trip probe through the broker."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel
+
+from api.deps import CeleryDep, SessionDep, SettingsDep
+from services.heartbeats import find_ping, list_workers
+
+router = APIRouter(prefix="/workers", tags=["workers"])
+
+
+class WorkerPublic(BaseModel):
+    hostname: str
+    pid: int
+    queue: str
+    last_seen: datetime
+    current_task_id: str | None
+
+
+class PingPublic(BaseModel):
+    token: str
+    answered_by: str | None = None
+    answered_at: datetime | None = None
+
+
+@router.get("", response_model=list[WorkerPublic])
+def read_workers(session: SessionDep, seen_within_s: int | None = None) -> list:
+    within = timedelta(seconds=seen_within_s) if seen_within_s else None
+    return list_workers(session, seen_within=within)
+
+
+@router.post("/ping", status_code=status.HTTP_202_ACCEPTED, response_model=PingPublic)
+def send_ping(celery: CeleryDep, settings: SettingsDep) -> PingPublic:
+    """Enqueue a ping on the training queue; GET /workers/ping/{token} tells who answered."""
+    token = uuid.uuid4().hex
+    celery.send_task("strata.ping", args=[token], queue=settings.training_queue)
+    return PingPublic(token=token)
+
+
+@router.get("/ping/{token}", response_model=PingPublic)
+def read_ping(token: str, session: SessionDep) -> PingPublic:
+    row = find_ping(session, token)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no worker has answered ping {token!r} (yet)")
+    return PingPublic(token=token, answered_by=row.hostname, answered_at=row.last_seen)

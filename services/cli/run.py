@@ -1,0 +1,43 @@
+"""``strata run`` (API + one worker) and ``strata api`` (the API alone)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from services.cli.processes import api_command, supervise, worker_command
+from services.config import Settings, get_settings
+
+
+def prepare(settings: Settings) -> None:
+    """What every start needs: the schema at head and the object store ready."""
+    from services.db.migrate import upgrade
+    from services.storage import open_store
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings)
+    open_store(settings).ensure_ready()
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    prepare(settings)
+    print(f"strata: API on http://{settings.host}:{settings.port} (docs at /docs), "
+          f"worker on queue {settings.training_queue!r}; data in {settings.data_dir.resolve()}. Ctrl-C stops both.")
+    return supervise({"api": api_command(settings), "worker": worker_command(settings)})
+
+
+def _api(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if not args.no_migrate:
+        prepare(settings)
+    cmd = api_command(settings)
+    os.execv(cmd[0], cmd)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="apply migrations, start the API and one training worker")
+    p.set_defaults(func=_run)
+    p = sub.add_parser("api", help="start the API only")
+    p.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
+    p.set_defaults(func=_api)
