@@ -17,9 +17,15 @@ def broker_transport_options(settings: Settings) -> dict:
     url = settings.effective_broker_url
     if url.startswith("filesystem://"):
         # Producer (API) and consumer (worker) share one folder: in and out are the same.
-        queue_dir = settings.broker_dir / "queue"
-        queue_dir.mkdir(parents=True, exist_ok=True)
-        return {"data_folder_in": str(queue_dir), "data_folder_out": str(queue_dir), "store_processed": False}
+        queue_dir, control_dir = settings.broker_dir / "queue", settings.broker_dir / "control"
+        for d in (queue_dir, control_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(queue_dir),
+            "data_folder_out": str(queue_dir),
+            "control_folder": str(control_dir),  # kombu's default is ./control in the cwd
+            "store_processed": False,
+        }
     if url.startswith(("redis://", "rediss://")):
         return {"visibility_timeout": settings.broker_visibility_timeout_s}
     return {}
