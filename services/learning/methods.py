@@ -1,0 +1,238 @@
+"""Training methods as small pluggable pieces, not branches in the trainer.
+
+A ``Piece`` owns its settings and hooks into the loop (in the spirit of Avalanche's plugins):
+``setup`` once before the optimizer is built, ``train_mode`` each time the trainer puts the model
+in training mode, and ``loss`` each step, returning its already-weighted terms. A ``Method`` is a
+named list of pieces; the trainer only ever calls the method.
+
+Method names (ILT = Michieli & Zanuttigh, MiB = Cermelli et al.; see docs/method-engine.md):
+
+==========  =============================================  ===========================
+name        total loss                                     teacher / classifier init
+==========  =============================================  ===========================
+ft, joint   L_CE  (joint = ft on all data: the runner's    no / random
+            business)
+ld          L_CE + lambda_D * L'_D                         yes / random
+le          L_CE + lambda_E * L'_E                         yes / random
+ef          L_CE, encoder frozen (E_F)                     no / random
+ef+ld       L_CE + lambda_D * L'_D, encoder frozen         yes / random
+ld+le       L_CE + lambda_D * L'_D + lambda_E * L'_E       yes / random
+mib         unbiased CE + lambda_U * unbiased KD           yes / "mib"
+==========  =============================================  ===========================
+
+Defaults: lambda_D = 1 and lambda_E = 50, the ILT authors' code, with L'_D in the paper's form
+(a sum over old classes; MiB's ILT re-implementation uses 100/100 with its class-averaged
+normalisation). lambda_U = 10 with the class-averaged unbiased KD: MiB's published setting.
+
+``DEFAULT_METHOD`` (``ef+ld``, from ``names``) is what a task gets when it names no method.
+``num_old_classes`` counts the previous model's channels (background included). With 0 there
+is no previous model (step 0): every method then trains with plain L_CE, as in both papers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from services.learning import losses
+from services.learning.names import DEFAULT_METHOD, METHODS  # noqa: F401 (re-exported)
+from services.learning.zoo import SegModel, SegOutput
+
+DEFAULT_LAMBDA_D = 1.0
+DEFAULT_LAMBDA_E = 50.0
+DEFAULT_LAMBDA_U = 10.0
+WEIGHT_NAMES: tuple[str, ...] = ("lambda_d", "lambda_e", "lambda_u")
+
+
+
+class Piece:
+    """One ingredient of a method. Subclasses override the hooks they need."""
+
+    needs_teacher: bool = False
+
+    def setup(self, model: SegModel, teacher: SegModel | None) -> None:
+        """Once per training run, before the optimizer collects the trainable parameters."""
+
+    def train_mode(self, model: SegModel) -> None:
+        """After every ``model.train()`` call of the trainer."""
+
+    def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        """Weighted loss terms of one step: out (and teacher_out) logits [N, C, H, W] at the
+        label size, labels [N, H, W] long, 255 = ignore."""
+        return {}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class CrossEntropy(Piece):
+    """L_CE over the step's labels (255 ignored)."""
+
+    def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        return {"ce": losses.cross_entropy(out.logits, labels)}
+
+
+class UnbiasedCrossEntropy(Piece):
+    """MiB's unbiased CE: background-labelled pixels may be any old class."""
+
+    def __init__(self, old_classes: int) -> None:
+        self.old_classes = old_classes
+
+    def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        return {"unce": losses.unbiased_cross_entropy(out.logits, labels, self.old_classes)}
+
+
+class _TeacherPiece(Piece):
+    needs_teacher = True
+
+    def _teacher(self, teacher_out: SegOutput | None) -> SegOutput:
+        if teacher_out is None:
+            raise ValueError(f"{type(self).__name__} needs the previous model's outputs, got none")
+        return teacher_out
+
+
+class OutputDistillation(_TeacherPiece):
+    """lambda_D * L'_D (ILT eq. 3, paper form); lambda_D = 1 by default (ILT authors' code)."""
+
+    def __init__(self, lambda_d: float = DEFAULT_LAMBDA_D) -> None:
+        self.lambda_d = _weight("lambda_d", lambda_d)
+
+    def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        old = self._teacher(teacher_out)
+        return {"ld": self.lambda_d * losses.output_distillation(out.logits, old.logits)}
+
+
+class FeatureDistillation(_TeacherPiece):
+    """lambda_E * L'_E (ILT eq. 4, MSE of encoder outputs); lambda_E = 50 (ILT authors' code)."""
+
+    def __init__(self, lambda_e: float = DEFAULT_LAMBDA_E) -> None:
+        self.lambda_e = _weight("lambda_e", lambda_e)
+
+    def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        old = self._teacher(teacher_out)
+        return {"le": self.lambda_e * losses.feature_distillation(out.features, old.features)}
+
+
+class UnbiasedDistillation(_TeacherPiece):
+    """lambda_U * MiB's unbiased KD; lambda_U = 10 with MiB's class-averaged form (its setting)."""
+
+    def __init__(self, lambda_u: float = DEFAULT_LAMBDA_U, class_mean: bool = True) -> None:
+        self.lambda_u = _weight("lambda_u", lambda_u)
+        self.class_mean = class_mean
+
+    def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        old = self._teacher(teacher_out)
+        kd = losses.unbiased_distillation(out.logits, old.logits, class_mean=self.class_mean)
+        return {"ukd": self.lambda_u * kd}
+
+
+class FreezeEncoder(Piece):
+    """E_F: the encoder keeps the previous model's weights; only the decoder learns.
+
+    Freezing covers the BatchNorm running statistics too: the encoder stays in eval mode while
+    the rest trains, otherwise its normalisation would drift from the previous model's.
+    """
+
+    def setup(self, model: SegModel, teacher: SegModel | None) -> None:
+        for p in model.encoder_parameters():
+            p.requires_grad_(False)
+
+    def train_mode(self, model: SegModel) -> None:
+        model.backbone.eval()
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named combination of pieces. ``loss`` returns every term plus their sum under "loss"."""
+
+    name: str
+    num_old_classes: int
+    pieces: tuple[Piece, ...]
+    classifier_init: str = "random"  # how grow_classifier should initialise the new rows
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(p.needs_teacher for p in self.pieces)
+
+    def setup(self, model: SegModel, teacher: SegModel | None) -> None:
+        """Check the models fit the method, then let each piece prepare the model."""
+        if self.needs_teacher:
+            if teacher is None:
+                raise ValueError(f"method {self.name!r} needs the previous model as teacher, got none")
+            if teacher.num_classes != self.num_old_classes:
+                raise ValueError(
+                    f"method {self.name!r} was built for {self.num_old_classes} old classes but the teacher "
+                    f"has {teacher.num_classes} output channels"
+                )
+            if teacher.arch != model.arch:
+                raise ValueError(f"teacher architecture {teacher.arch!r} differs from the model's {model.arch!r}")
+        if self.num_old_classes and model.num_classes <= self.num_old_classes:
+            raise ValueError(
+                f"the model has {model.num_classes} output channels, not more than the {self.num_old_classes} "
+                "old classes: grow its classifier (growth.grow_classifier) before training a new step"
+            )
+        for piece in self.pieces:
+            piece.setup(model, teacher)
+
+    def train_mode(self, model: SegModel) -> None:
+        for piece in self.pieces:
+            piece.train_mode(model)
+
+    def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        """{term name: weighted scalar, ..., "loss": their sum}."""
+        terms: dict[str, Tensor] = {}
+        for piece in self.pieces:
+            terms.update(piece.loss(out, teacher_out, labels))
+        terms["loss"] = sum(terms.values())  # type: ignore[assignment]
+        return terms
+
+
+def build_method(name: str, num_old_classes: int, **weights: float | None) -> Method:
+    """The method ``name`` (one of ``METHODS``) for a step after ``num_old_classes`` classes.
+
+    weights: ``lambda_d`` (default 1), ``lambda_e`` (50), ``lambda_u`` (10). None means the
+    default; an unknown name, or a weight the method does not use, is a ValueError.
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    if isinstance(num_old_classes, bool) or not isinstance(num_old_classes, int) or num_old_classes < 0:
+        raise ValueError(f"num_old_classes must be an int >= 0, got {num_old_classes!r}")
+    unknown = sorted(set(weights) - set(WEIGHT_NAMES))
+    if unknown:
+        raise ValueError(f"unknown loss weight(s) {', '.join(unknown)}; known: {', '.join(WEIGHT_NAMES)}")
+    given = {k: v for k, v in weights.items() if v is not None}
+    unused = sorted(set(given) - set(_WEIGHTS_USED[name]))
+    if unused:
+        raise ValueError(f"method {name!r} does not use {', '.join(unused)}")
+    if num_old_classes == 0:
+        # Step 0: no previous model, nothing to distil or freeze.
+        return Method(name, 0, (CrossEntropy(),))
+    return Method(name, num_old_classes, _pieces(name, num_old_classes, given), "mib" if name == "mib" else "random")
+
+
+_WEIGHTS_USED: dict[str, Sequence[str]] = {
+    "ft": (), "joint": (), "ef": (), "ld": ("lambda_d",), "ef+ld": ("lambda_d",),
+    "le": ("lambda_e",), "ld+le": ("lambda_d", "lambda_e"), "mib": ("lambda_u",),
+}
+
+
+def _pieces(name: str, num_old_classes: int, weights: dict[str, float]) -> tuple[Piece, ...]:
+    if name == "mib":
+        return (UnbiasedCrossEntropy(num_old_classes), UnbiasedDistillation(weights.get("lambda_u", DEFAULT_LAMBDA_U)))
+    pieces: list[Piece] = [CrossEntropy()]
+    if name in ("ef", "ef+ld"):
+        pieces.append(FreezeEncoder())
+    if name in ("ld", "ef+ld", "ld+le"):
+        pieces.append(OutputDistillation(weights.get("lambda_d", DEFAULT_LAMBDA_D)))
+    if name in ("le", "ld+le"):
+        pieces.append(FeatureDistillation(weights.get("lambda_e", DEFAULT_LAMBDA_E)))
+    return tuple(pieces)
+
+
+def _weight(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)

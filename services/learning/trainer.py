@@ -1,0 +1,358 @@
+"""The training loop: plain functions that receive everything they use.
+
+``train`` runs one incremental step: SGD with momentum and weight decay on the trainable
+parameters, poly learning-rate decay per iteration, the method's losses (with the frozen
+previous model as teacher when the method needs one), a checkpoint after every epoch, and
+resumption from that checkpoint to the same result. ``train_step`` is one optimisation step,
+shared with the benchmarks.
+
+Precision: on CUDA with ``amp`` the forward passes run under bf16 autocast where the GPU supports
+it, else fp16 with a GradScaler; on the CPU everything stays float32. CUDA is only touched when
+``train`` runs on it, never at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from services.learning.checkpoint import (
+    LoadedModel,
+    capture_rng_state,
+    check_class_map,
+    load_model,
+    load_training_state,
+    restore_rng_state,
+    save_model,
+    save_training_state,
+)
+from services.learning.losses import IGNORE_INDEX
+from services.learning.methods import Method
+from services.learning.zoo import SegModel, SegOutput
+
+__all__ = [
+    "TrainConfig", "Progress", "TrainingCancelled", "train", "train_step", "resolve_device",
+    "autocast_dtype", "build_optimizer", "build_scheduler", "build_scaler", "save_model", "load_model",
+    "LoadedModel",
+]
+
+log = logging.getLogger(__name__)
+
+# Config fields a resumed run must share with the run that wrote the checkpoint: they change the
+# result. The others (device, workers, layout, logging) only change how fast it comes.
+RESUME_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_power", "seed", "amp")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training step (defaults: the ILT/MiB DeepLab recipe)."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_power: float = 0.9  # poly decay per iteration: lr * (1 - it / total) ** lr_power
+    seed: int = 0
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
+    amp: bool = True  # CUDA only: bf16 autocast when supported, else fp16 + GradScaler
+    channels_last: bool = True  # CUDA only
+    num_workers: int = 0
+    log_every: int = 10  # steps between on_progress calls (the last step of an epoch always reports)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "log_every"):
+            _require(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 1, "an int >= 1")
+        _require("num_workers", self.num_workers, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
+        _require("seed", self.seed, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
+        _require("lr", self.lr, lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+        for name in ("momentum", "weight_decay", "lr_power"):
+            _require(name, getattr(self, name), lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"TrainConfig.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report: epoch and step count from 1; loss (the total) and lr are this step's;
+    images_per_s is measured since the previous report."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    lr: float
+    images_per_s: float
+    terms: dict[str, float] = field(default_factory=dict)  # each weighted loss term at this step
+
+
+class TrainingCancelled(Exception):
+    """``should_cancel`` said stop; the last epoch checkpoint (if any) can resume the run."""
+
+
+def train(
+    model: SegModel,
+    method: Method,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    teacher: SegModel | None = None,
+    class_map: Mapping[int, str],
+    checkpoint_dir: Path | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> SegModel:
+    """Train ``model`` in place with ``method`` on ``dataset`` and return it (on the device, eval mode).
+
+    dataset: yields (image float [3, H, W], mask long [H, W], 255 = ignore), all of one size.
+    teacher: the frozen previous model, required when ``method.needs_teacher``; run in eval mode
+        under ``torch.inference_mode``.
+    class_map: name of every output channel 0..C-1, stored in the checkpoints.
+    checkpoint_dir: where ``last.pt`` is written after every epoch; when it already holds one,
+        training resumes from it (same config and data required) to the same result.
+    """
+    class_map = check_class_map(class_map, model.num_classes)
+    n_images = len(dataset)  # type: ignore[arg-type]
+    if n_images == 0:
+        raise ValueError("the training dataset is empty")
+    batch_size = min(config.batch_size, n_images)
+    if batch_size < config.batch_size:
+        log.warning("only %d training images: batch size %d lowered to %d", n_images, config.batch_size, batch_size)
+    steps = n_images // batch_size  # the last incomplete batch is dropped (BatchNorm needs > 1 sample)
+    device = resolve_device(config.device)
+    amp_dtype = autocast_dtype(device, config.amp)
+    memory_format = torch.channels_last if device.type == "cuda" and config.channels_last else torch.preserve_format
+
+    model.requires_grad_(True)  # a previous method (e.g. a frozen encoder) must not leak into this one
+    method.setup(model, teacher)
+    model.to(device=device, memory_format=memory_format)
+    if method.needs_teacher:
+        assert teacher is not None  # method.setup checked it
+        teacher.to(device=device, memory_format=memory_format).eval()
+    else:
+        teacher = None  # not needed: do not pay for its forward pass
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, total_steps=config.epochs * steps)
+    scaler = build_scaler(device, amp_dtype)
+
+    run_facts = {"arch": model.arch, "num_classes": model.num_classes, "class_map": class_map,
+                 "method": method.name, "num_images": n_images, "steps_per_epoch": steps}
+    start_epoch = _resume(checkpoint_dir, run_facts, config, model, optimizer, scheduler, scaler)
+    if start_epoch == 0:
+        _seed_everything(config.seed)
+
+    for epoch in range(start_epoch, config.epochs):
+        loader = _loader(dataset, batch_size, config, epoch, device)
+        model.train()
+        method.train_mode(model)
+        reports = _Reporter(on_progress, epoch, config, steps, batch_size)
+        for step, (images, labels) in enumerate(loader):
+            if should_cancel is not None and should_cancel():
+                saved = f"; {epoch} completed epoch(s) are checkpointed" if checkpoint_dir else ""
+                raise TrainingCancelled(
+                    f"training cancelled before epoch {epoch + 1}/{config.epochs}, step {step + 1}/{steps}{saved}"
+                )
+            _check_batch(images, labels, model.num_classes)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            labels = labels.to(device, non_blocking=True)
+            lr = optimizer.param_groups[0]["lr"]
+            terms = train_step(model, method, teacher, images, labels, optimizer, scheduler, scaler, amp_dtype)
+            reports.after_step(step, terms, lr)
+        if checkpoint_dir is not None:
+            state = {**run_facts, "epoch": epoch + 1, "config": dataclasses.asdict(config),
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                     "rng": capture_rng_state()}
+            save_training_state(checkpoint_dir, state)
+        log.info("epoch %d/%d done", epoch + 1, config.epochs)
+    model.eval()
+    return model
+
+
+def train_step(
+    model: SegModel,
+    method: Method,
+    teacher: SegModel | None,
+    images: Tensor,
+    labels: Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    amp_dtype: torch.dtype | None,
+) -> dict[str, Tensor]:
+    """One optimisation step on images [N, 3, H, W] and labels [N, H, W] (already on the device).
+
+    Returns the method's loss terms, detached (reading them with .item() syncs the device).
+    """
+    with _autocast(images.device, amp_dtype):
+        teacher_out = None
+        if teacher is not None:
+            with torch.inference_mode():
+                frozen = teacher(images)
+            # Inference tensors cannot be saved for backward (the losses need them): clone them
+            # into ordinary tensors outside inference mode.
+            teacher_out = SegOutput(frozen.logits.clone(), frozen.features.clone())
+        out = model(images)
+        terms = method.loss(out, teacher_out, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms["loss"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return {k: v.detach() for k, v in terms.items()}
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """bf16 on CUDA when supported, fp16 on older CUDA GPUs, None (float32) otherwise."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_optimizer(model: SegModel, config: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum and weight decay over the parameters that require gradients."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.PolynomialLR:
+    """Poly decay per iteration: lr_t = lr * (1 - t / total_steps) ** lr_power."""
+    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=config.lr_power)
+
+
+def build_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A GradScaler, enabled only for fp16 (bf16 and float32 need no loss scaling)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _resume(
+    checkpoint_dir: Path | None,
+    run_facts: dict[str, Any],
+    config: TrainConfig,
+    model: SegModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> int:
+    """Load ``last.pt`` when there is one; returns the number of epochs already done."""
+    state = load_training_state(checkpoint_dir) if checkpoint_dir is not None else None
+    if state is None:
+        return 0
+    where = Path(checkpoint_dir) / "last.pt"  # type: ignore[arg-type]
+    differ = [k for k, v in run_facts.items() if state.get(k) != v]
+    differ += [f"config.{k}" for k in RESUME_FIELDS if state["config"].get(k) != getattr(config, k)]
+    if differ:
+        raise ValueError(
+            f"cannot resume from {where}: it was written by a different run ({', '.join(differ)} differ); "
+            "remove it to start over"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler.is_enabled() and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    log.info("resuming from %s after epoch %d/%d", where, state["epoch"], config.epochs)
+    return int(state["epoch"])
+
+
+def _seed_everything(seed: int) -> None:
+    """Seed the global RNGs that models and data transforms may draw from."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _loader(dataset: Dataset, batch_size: int, config: TrainConfig, epoch: int, device: torch.device) -> DataLoader:
+    """A loader whose shuffling (and worker seeds) depend only on (seed, epoch): resumable."""
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator,
+        num_workers=config.num_workers, pin_memory=device.type == "cuda",
+    )
+
+
+def _check_batch(images: Tensor, labels: Tensor, num_classes: int) -> None:
+    """Clear errors for data that do not fit (checked on the CPU tensors: no device sync)."""
+    if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise ValueError(f"images must be float [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+    if labels.dim() != 3 or labels.dtype != torch.long or labels.shape[1:] != images.shape[2:]:
+        raise ValueError(
+            f"masks must be long [N, H, W] of the images' size {tuple(images.shape[2:])}, "
+            f"got {labels.dtype} {tuple(labels.shape)}"
+        )
+    bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))]
+    if bad.numel():
+        raise ValueError(
+            f"mask labels {sorted(set(bad.unique().tolist()))[:10]} are outside the model's classes "
+            f"0..{num_classes - 1} (and {IGNORE_INDEX} = ignore)"
+        )
+
+
+class _Reporter:
+    """Calls on_progress every ``log_every`` steps and at the epoch's last step."""
+
+    def __init__(self, on_progress: Callable[[Progress], None] | None, epoch: int, config: TrainConfig,
+                 steps: int, batch_size: int) -> None:
+        self.on_progress, self.epoch, self.config = on_progress, epoch, config
+        self.steps, self.batch_size = steps, batch_size
+        self.since = time.perf_counter()
+        self.images = 0
+
+    def after_step(self, step: int, terms: dict[str, Tensor], lr: float) -> None:
+        self.images += self.batch_size
+        if self.on_progress is None or ((step + 1) % self.config.log_every and step + 1 != self.steps):
+            return
+        values = {k: float(v) for k, v in terms.items()}  # syncs the device, only when reporting
+        now = time.perf_counter()
+        self.on_progress(Progress(
+            epoch=self.epoch + 1, epochs=self.config.epochs, step=step + 1, steps=self.steps,
+            loss=values.pop("loss"), lr=lr,
+            images_per_s=self.images / max(now - self.since, 1e-9), terms=values,
+        ))
+        self.since, self.images = time.perf_counter(), 0
+
+
+def _require(name: str, value: Any, ok: Callable[[Any], bool], what: str) -> None:
+    try:
+        good = not isinstance(value, bool) and ok(value)
+    except TypeError:
+        good = False
+    if not good:
+        raise ValueError(f"TrainConfig.{name} must be {what}, got {value!r}")
+
