@@ -30,7 +30,7 @@ def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_IND
     return total / _labelled(labels, ignore_index)
 
 
-def output_distillation(new_logits: Tensor, old_logits: Tensor) -> Tensor:
+def output_distillation(new_logits: Tensor, old_logits: Tensor, *, form: str = "paper") -> Tensor:
     """L'_D, ILT eq. 3 (the paper's form): distillation on the output layer.
 
     new_logits [N, Cn, H, W], old_logits [N, Co, H, W] with Co <= Cn -> scalar:
@@ -39,12 +39,21 @@ def output_distillation(new_logits: Tensor, old_logits: Tensor) -> Tensor:
     to the new classes is penalised too. MiB's re-implementation (``KnowledgeDistillationLoss``)
     instead takes the log-softmax over the first Co channels only and averages over the Co
     classes rather than summing; its lambda (100) is tuned for that scale.
+    ``form="mib"`` computes that variant: -mean over pixels of (1/Co) sum_{c < Co} softmax(old)[c]
+    * log_softmax(new[:, :Co])[c]. Because it ignores the new channels, a large lambda keeps the
+    old classes without stopping the new ones from growing on pixels the old model called
+    background, which matters when old classes are labelled background in a step ("drop").
     Every pixel counts, labelled or not: the teacher needs no labels.
     """
     c_old = _check_teacher_shapes(new_logits, old_logits)
     q = torch.softmax(old_logits.detach().float(), dim=1)
-    log_p = torch.log_softmax(new_logits.float(), dim=1)[:, :c_old]
-    return -(q * log_p).sum(dim=1).mean()
+    if form == "paper":
+        log_p = torch.log_softmax(new_logits.float(), dim=1)[:, :c_old]
+        return -(q * log_p).sum(dim=1).mean()
+    if form == "mib":
+        log_p = torch.log_softmax(new_logits.float()[:, :c_old], dim=1)
+        return -(q * log_p).mean(dim=1).mean()
+    raise ValueError(f"output distillation form must be 'paper' or 'mib', got {form!r}")
 
 
 def feature_distillation(new_features: Tensor, old_features: Tensor) -> Tensor:

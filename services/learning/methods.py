@@ -44,6 +44,7 @@ DEFAULT_LAMBDA_D = 1.0
 DEFAULT_LAMBDA_E = 50.0
 DEFAULT_LAMBDA_U = 10.0
 WEIGHT_NAMES: tuple[str, ...] = ("lambda_d", "lambda_e", "lambda_u")
+LD_FORMS: tuple[str, ...] = ("paper", "mib")
 
 
 
@@ -95,14 +96,20 @@ class _TeacherPiece(Piece):
 
 
 class OutputDistillation(_TeacherPiece):
-    """lambda_D * L'_D (ILT eq. 3, paper form); lambda_D = 1 by default (ILT authors' code)."""
+    """lambda_D * L'_D (ILT eq. 3); lambda_D = 1 by default (ILT authors' code).
 
-    def __init__(self, lambda_d: float = DEFAULT_LAMBDA_D) -> None:
+    form: "paper" (default, ILT eq. 3) or "mib" (MiB's re-implementation: softmax over the old
+    channels only, averaged over them; use it with a larger lambda, MiB uses 100)."""
+
+    def __init__(self, lambda_d: float = DEFAULT_LAMBDA_D, form: str = "paper") -> None:
+        if form not in LD_FORMS:
+            raise ValueError(f"ld_form must be one of {', '.join(LD_FORMS)}, got {form!r}")
         self.lambda_d = _weight("lambda_d", lambda_d)
+        self.form = form
 
     def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
         old = self._teacher(teacher_out)
-        return {"ld": self.lambda_d * losses.output_distillation(out.logits, old.logits)}
+        return {"ld": self.lambda_d * losses.output_distillation(out.logits, old.logits, form=self.form)}
 
 
 class FeatureDistillation(_TeacherPiece):
@@ -190,12 +197,15 @@ class Method:
         return terms
 
 
-def build_method(name: str, num_old_classes: int, **weights: float | None) -> Method:
+def build_method(name: str, num_old_classes: int, *, ld_form: str | None = None, **weights: float | None) -> Method:
     """The method ``name`` (one of ``METHODS``) for a step after ``num_old_classes`` classes.
 
     weights: ``lambda_d`` (default 1), ``lambda_e`` (50), ``lambda_u`` (10). None means the
     default; an unknown name, or a weight the method does not use, is a ValueError.
+    ld_form: the form of L'_D, "paper" (default) or "mib" (see ``OutputDistillation``).
     """
+    if ld_form is not None and "lambda_d" not in _WEIGHTS_USED.get(name, ()):
+        raise ValueError(f"method {name!r} has no output distillation, so ld_form does not apply")
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     if isinstance(num_old_classes, bool) or not isinstance(num_old_classes, int) or num_old_classes < 0:
@@ -210,7 +220,8 @@ def build_method(name: str, num_old_classes: int, **weights: float | None) -> Me
     if num_old_classes == 0:
         # Step 0: no previous model, nothing to distil or freeze.
         return Method(name, 0, (CrossEntropy(),))
-    return Method(name, num_old_classes, _pieces(name, num_old_classes, given), "mib" if name == "mib" else "random")
+    pieces = _pieces(name, num_old_classes, given, ld_form or "paper")
+    return Method(name, num_old_classes, pieces, "mib" if name == "mib" else "random")
 
 
 _WEIGHTS_USED: dict[str, Sequence[str]] = {
@@ -219,14 +230,14 @@ _WEIGHTS_USED: dict[str, Sequence[str]] = {
 }
 
 
-def _pieces(name: str, num_old_classes: int, weights: dict[str, float]) -> tuple[Piece, ...]:
+def _pieces(name: str, num_old_classes: int, weights: dict[str, float], ld_form: str) -> tuple[Piece, ...]:
     if name == "mib":
         return (UnbiasedCrossEntropy(num_old_classes), UnbiasedDistillation(weights.get("lambda_u", DEFAULT_LAMBDA_U)))
     pieces: list[Piece] = [CrossEntropy()]
     if name in ("ef", "ef+ld"):
         pieces.append(FreezeEncoder())
     if name in ("ld", "ef+ld", "ld+le"):
-        pieces.append(OutputDistillation(weights.get("lambda_d", DEFAULT_LAMBDA_D)))
+        pieces.append(OutputDistillation(weights.get("lambda_d", DEFAULT_LAMBDA_D), ld_form))
     if name in ("le", "ld+le"):
         pieces.append(FeatureDistillation(weights.get("lambda_e", DEFAULT_LAMBDA_E)))
     return tuple(pieces)

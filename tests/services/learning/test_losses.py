@@ -38,6 +38,20 @@ def test_output_distillation_is_the_papers_form_over_all_new_channels() -> None:
     assert got.item() != pytest.approx(mib_form, rel=1e-3)
 
 
+def test_output_distillation_mib_form_renormalises_over_the_old_channels() -> None:
+    new, old = [1.0, 2.0, 0.5], [0.3, 1.0]
+    q, log_p = softmax(old), log_softmax(new[:2])  # the third (new) channel plays no part
+    expected = -(q[0] * log_p[0] + q[1] * log_p[1]) / 2
+    got = losses.output_distillation(px(*new), px(*old), form="mib")
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # Raising the new class's logit changes nothing in this form; in the paper's form it costs.
+    louder = [1.0, 2.0, 5.0]
+    assert losses.output_distillation(px(*louder), px(*old), form="mib").item() == pytest.approx(expected, rel=1e-6)
+    assert losses.output_distillation(px(*louder), px(*old)).item() > losses.output_distillation(px(*new), px(*old)).item()
+    with pytest.raises(ValueError, match="form"):
+        losses.output_distillation(px(*new), px(*old), form="other")
+
+
 def test_output_distillation_averages_over_pixels_and_images() -> None:
     a_new, a_old = [0.5, -1.0, 2.0], [1.0, 0.2]
     b_new, b_old = [3.0, 0.0, -2.0], [-0.5, 0.5]
