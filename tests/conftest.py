@@ -184,3 +184,28 @@ def client(prepared):
 
     with TestClient(create_app(prepared)) as c:
         yield c
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def admin_headers(client) -> dict[str, str]:
+    """Authorization headers of a fresh admin key in the client's database."""
+    from services.auth import create_key
+    from services.db.session import session_scope
+
+    with session_scope(client.app.state.strata.sessions) as s:
+        _, plaintext = create_key(s, "test admin", ["admin"])
+    return bearer(plaintext)
+
+
+@pytest.fixture
+def infer_headers(client) -> dict[str, str]:
+    from services.auth import create_key
+    from services.db.session import session_scope
+
+    with session_scope(client.app.state.strata.sessions) as s:
+        _, plaintext = create_key(s, "test infer", ["infer"])
+    return bearer(plaintext)

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel
 
-from api.deps import CeleryDep, SessionDep, SettingsDep
+from api.deps import AdminDep, CeleryDep, ReaderDep, SessionDep, SettingsDep
 from services.heartbeats import find_ping, list_workers
 
 router = APIRouter(prefix="/workers", tags=["workers"])
@@ -29,13 +29,13 @@ class PingPublic(BaseModel):
 
 
 @router.get("", response_model=list[WorkerPublic])
-def read_workers(session: SessionDep, seen_within_s: int | None = None) -> list:
+def read_workers(session: SessionDep, _: ReaderDep, seen_within_s: int | None = None) -> list:
     within = timedelta(seconds=seen_within_s) if seen_within_s else None
     return list_workers(session, seen_within=within)
 
 
 @router.post("/ping", status_code=status.HTTP_202_ACCEPTED, response_model=PingPublic)
-def send_ping(celery: CeleryDep, settings: SettingsDep) -> PingPublic:
+def send_ping(celery: CeleryDep, settings: SettingsDep, _: AdminDep) -> PingPublic:
     """Enqueue a ping on the training queue; GET /workers/ping/{token} tells who answered."""
     token = uuid.uuid4().hex
     celery.send_task("strata.ping", args=[token], queue=settings.training_queue)
@@ -43,7 +43,7 @@ def send_ping(celery: CeleryDep, settings: SettingsDep) -> PingPublic:
 
 
 @router.get("/ping/{token}", response_model=PingPublic)
-def read_ping(token: str, session: SessionDep) -> PingPublic:
+def read_ping(token: str, session: SessionDep, _: ReaderDep) -> PingPublic:
     row = find_ping(session, token)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no worker has answered ping {token!r} (yet)")

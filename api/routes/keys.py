@@ -1,0 +1,47 @@
+"""API keys: create (plaintext shown once), list (never hashes), revoke. Admin scope only."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from api.deps import AdminDep, SessionDep
+from api.schemas.keys import KeyCreate, KeyCreated, KeyPublic
+from services.auth import AuthError, KeyNotFound, LastAdminKey, create_key, list_keys, revoke_key, scopes_of
+from services.db.models import ApiKey
+
+router = APIRouter(prefix="/keys", tags=["keys"])
+
+
+def _public(key: ApiKey) -> dict:
+    return {"id": key.id, "name": key.name, "prefix": key.prefix, "scopes": scopes_of(key),
+            "created_at": key.created_at, "last_used_at": key.last_used_at, "revoked_at": key.revoked_at}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
+def post_key(body: KeyCreate, session: SessionDep, _: AdminDep) -> dict:
+    """Create a key. The response holds the key itself, the only time it is ever shown."""
+    try:
+        key, plaintext = create_key(session, body.name, body.scopes)
+    except AuthError as err:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from None
+    session.commit()
+    return {**_public(key), "key": plaintext}
+
+
+@router.get("", response_model=list[KeyPublic])
+def get_keys(session: SessionDep, _: AdminDep) -> list[dict]:
+    return [_public(k) for k in list_keys(session)]
+
+
+@router.delete("/{key_id}", response_model=KeyPublic,
+               responses={404: {"description": "no such key"}, 409: {"description": "the last admin key"}})
+def delete_key(key_id: int, session: SessionDep, _: AdminDep) -> dict:
+    """Revoke a key (it stays listed, with ``revoked_at``). The last active admin key cannot go."""
+    try:
+        key = revoke_key(session, key_id)
+    except KeyNotFound as err:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from None
+    except LastAdminKey as err:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from None
+    session.commit()
+    return _public(key)

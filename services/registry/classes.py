@@ -1,0 +1,36 @@
+"""The global classes (index, name, introducing task) and the fixed display palette."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.db.models import SemanticClass
+
+
+def list_classes(session: Session) -> list[SemanticClass]:
+    """Every known class in index order (0 is background, introduced by no task)."""
+    return list(session.scalars(select(SemanticClass).order_by(SemanticClass.id)))
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    """The display colour of a global class index: the Pascal VOC colour map.
+
+    Fixed for all versions (index 0 = black background), distinct for indices 0..254, so a
+    legend stays valid when classes are added. Bits of the index are spread over R, G and B
+    from the most significant bit down.
+    """
+    if not 0 <= index <= 254:
+        raise ValueError(f"class index {index} has no colour: indices run from 0 to 254")
+    r = g = b = 0
+    c = index
+    for shift in range(7, -1, -1):
+        r |= ((c >> 0) & 1) << shift
+        g |= ((c >> 1) & 1) << shift
+        b |= ((c >> 2) & 1) << shift
+        c >>= 3
+    return r, g, b
+
+
+def colour_hex(index: int) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*class_colour(index))

@@ -1,0 +1,71 @@
+"""Everything known about a version, gathered for display: scores by class, roles, forgetting
+against the parent and against the best earlier version, lineage, aliases and the promotion
+decision (recomputed from stored data with the current settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from services.config import Settings
+from services.db.models import ModelVersion
+from services.registry.aliases import PRODUCTION, aliases_by_version, get_alias
+from services.registry.metrics import forgetting_vs_best, ious_of
+from services.registry.policy import Candidate, PromotionDecision, PromotionPolicy, decide
+from services.registry.versions import lineage, resolve_version
+
+
+@dataclass(frozen=True)
+class ClassReport:
+    index: int
+    name: str
+    role: str  # "old": a class of the parent; "new": added by this version
+    iou: float | None  # None: not scored (absent from its validation data)
+    tp: int | None
+    fp: int | None
+    fn: int | None
+    forgetting: float | None  # parent IoU - this IoU
+    forgetting_best: float | None  # best IoU of any earlier version in the lineage - this IoU
+
+
+@dataclass(frozen=True)
+class VersionReport:
+    version: ModelVersion
+    lineage: list[int]
+    classes: list[ClassReport]
+    aliases: list[str]
+    promotion: PromotionDecision
+
+
+def describe_version(session: Session, settings: Settings, ref: str | int) -> VersionReport:
+    """The report of a version given by number or alias; VersionNotFound if there is none."""
+    row = resolve_version(session, ref)
+    chain = lineage(session, row.version)
+    parent = chain[-2] if len(chain) > 1 else None
+    old = sorted(int(k) for k in parent.class_map) if parent else []
+    ious, parent_ious = ious_of(row), ious_of(parent) if parent else {}
+    names = {int(k): v for k, v in row.class_map.items()}
+    production = get_alias(session, PRODUCTION)
+    candidate = Candidate(row.version, row.parent_version, production, old, ious, parent_ious, names)
+    return VersionReport(
+        version=row,
+        lineage=[v.version for v in chain],
+        classes=_class_reports(row, chain, set(old)),
+        aliases=aliases_by_version(session).get(row.version, []),
+        promotion=decide(PromotionPolicy.from_settings(settings), candidate),
+    )
+
+
+def _class_reports(row: ModelVersion, chain: list[ModelVersion], old: set[int]) -> list[ClassReport]:
+    scored = {m.class_index: m for m in row.metrics}
+    best = forgetting_vs_best([ious_of(v) for v in chain])
+    out = []
+    for index, name in sorted((int(k), v) for k, v in row.class_map.items()):
+        m = scored.get(index)
+        out.append(ClassReport(
+            index=index, name=name, role="old" if index in old else "new",
+            iou=m.iou if m else None, tp=m.tp if m else None, fp=m.fp if m else None, fn=m.fn if m else None,
+            forgetting=m.forgetting if m else None, forgetting_best=best.get(index),
+        ))
+    return out
