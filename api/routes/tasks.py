@@ -1,0 +1,166 @@
+"""Training tasks: register one with its data (POST /tasks), read them, cancel one.
+
+POST /tasks reads its multipart body as a stream: files go straight to a work directory on
+disk (hashed on the way), so memory stays bounded whatever the upload; everything blocking
+(decoding, hashing, storing, the database) runs in the thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from api.deps import AdminDep, ReaderDep, SessionDep, StateDep
+from api.schemas.tasks import TaskPublic, upload_openapi
+from api.state import AppState
+from services.data.multipart import MultipartSpool, Received
+from services.data.upload import UploadRejected, UploadTooLarge
+from services.db.models import TaskStatus
+from services.db.session import session_scope
+from services.ingest import IngestLimits, Registration, RegistrationConflict, register_task
+from services.tasks import TaskFinished, TaskNotFound, TaskView, cancel_task, list_task_views, task_view
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+FEED_BYTES = 1024 * 1024  # body bytes handed to the parser thread at a time
+SPEC_MAX_BYTES = 256 * 1024
+FILE_FIELDS = {"images", "masks", "archive"}
+TRAIN_TASK = "strata.train"
+
+
+def _rejected(err: UploadRejected) -> HTTPException:
+    if isinstance(err, RegistrationConflict):
+        code = status.HTTP_409_CONFLICT
+    elif isinstance(err, UploadTooLarge):
+        code = status.HTTP_413_CONTENT_TOO_LARGE
+    else:
+        code = status.HTTP_422_UNPROCESSABLE_CONTENT
+    return HTTPException(code, str(err))
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TaskPublic,
+    openapi_extra=upload_openapi(),
+    responses={
+        409: {"description": "a class name already exists"},
+        413: {"description": "the body, or an archive's content, is over its size limit"},
+        422: {"description": "bad spec or files; the message names the file and what is wrong"},
+    },
+)
+async def create_task(
+    request: Request,
+    response: Response,
+    state: StateDep,
+    _: AdminDep,
+    idempotency_key: Annotated[str | None, Header(
+        max_length=200, description="Retrying with the same key and body returns the same task.")] = None,
+) -> TaskView:
+    """Register a task: `spec` (JSON) and files `images` + `masks` (paired by stem) or one zip
+    `archive` (images/ and masks/). Everything is validated before anything is stored; the task
+    is queued for training and answered 202 with a Location header."""
+    workdir = await run_in_threadpool(_new_workdir, state.settings.data_dir)
+    try:
+        received = await _receive(request, workdir)
+        registration, view = await run_in_threadpool(_register, state, received, workdir, idempotency_key)
+    except UploadRejected as err:
+        raise _rejected(err) from None
+    finally:
+        await run_in_threadpool(shutil.rmtree, workdir, True)
+    response.headers["Location"] = f"/tasks/{view.id}"
+    if not registration.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return view
+
+
+def _new_workdir(data_dir: Path) -> Path:
+    base = data_dir / "uploads"
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="task-", dir=base))
+
+
+async def _receive(request: Request, workdir: Path) -> Received:
+    spool = MultipartSpool(request.headers.get("content-type", ""), workdir,
+                           text_fields={"spec": SPEC_MAX_BYTES}, file_fields=FILE_FIELDS)
+    pending = bytearray()
+    try:
+        async for chunk in request.stream():
+            pending += chunk
+            if len(pending) >= FEED_BYTES:
+                await run_in_threadpool(spool.feed, bytes(pending))
+                pending.clear()
+        if pending:
+            await run_in_threadpool(spool.feed, bytes(pending))
+        return spool.finish()
+    except ClientDisconnect:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the client disconnected before the upload completed") from None
+    finally:
+        spool.close()
+
+
+def _register(state: AppState, received: Received, workdir: Path, key: str | None) -> tuple[Registration, TaskView]:
+    registration = register_task(state.sessions, state.store, received, workdir,
+                                 IngestLimits.from_settings(state.settings), idempotency_key=key)
+    if registration.created:
+        _enqueue(state, registration.task_id)
+    with state.sessions() as session:
+        return registration, task_view(session, registration.task_id)
+
+
+def _enqueue(state: AppState, task_id: str) -> None:
+    try:
+        state.celery.send_task(TRAIN_TASK, args=[task_id], queue=state.settings.training_queue)
+    except Exception:  # the task is committed: a worker's start-up sweep re-sends unfinished tasks
+        log.exception("task %s is registered but could not be sent to the broker; "
+                      "it will be picked up when a worker (re)starts", task_id)
+
+
+@router.get("", response_model=list[TaskPublic])
+def read_tasks(
+    session: SessionDep,
+    _: ReaderDep,
+    status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[TaskView]:
+    """Tasks, newest first; `?status=` keeps only those in that state."""
+    return list_task_views(session, status_.value if status_ else None, limit)
+
+
+@router.get("/{task_id}", response_model=TaskPublic, responses={404: {"description": "no such task"}})
+def read_task(task_id: str, session: SessionDep, _: ReaderDep) -> TaskView:
+    try:
+        return task_view(session, task_id)
+    except TaskNotFound as err:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from None
+
+
+@router.post(
+    "/{task_id}/cancel",
+    response_model=TaskPublic,
+    responses={
+        200: {"description": "it was queued: cancelled now, its class names released"},
+        202: {"description": "it is running: the worker stops at its next step"},
+        404: {"description": "no such task"},
+        409: {"description": "it already finished"},
+    },
+)
+def cancel(task_id: str, response: Response, state: StateDep, _: AdminDep) -> TaskView:
+    try:
+        with session_scope(state.sessions) as session:
+            cancelled_now = cancel_task(session, task_id)
+    except TaskNotFound as err:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from None
+    except TaskFinished as err:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from None
+    response.status_code = status.HTTP_200_OK if cancelled_now else status.HTTP_202_ACCEPTED
+    with state.sessions() as session:
+        return task_view(session, task_id)

@@ -1,0 +1,102 @@
+"""Bodies of /tasks: the spec a client sends (multipart field ``spec``) and the task it gets back."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.task_spec import TaskSpec
+
+
+class TaskCreate(TaskSpec):
+    """The JSON in the multipart field ``spec`` of POST /tasks (validated by services.task_spec)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"classes": ["car", "person"], "epochs": 30, "mask_format": "index"},
+        {"classes": ["bicycle"], "mask_format": "palette", "palette": {"bicycle": [0, 128, 192], "car": [64, 0, 128]},
+         "also_labelled": ["car"], "hyperparameters": {"lr": 0.001, "lambda_d": 10}},
+    ]})
+
+
+class ProgressPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    epoch: int | None = Field(description="Current epoch, from 1.")
+    epochs: int | None
+    step: int | None = Field(description="Step within the epoch, from 1.")
+    steps: int | None = Field(description="Steps per epoch.")
+    loss: float | None
+    images_per_s: float | None
+    eta_s: float | None = Field(description="Estimated seconds left (running tasks only).")
+    resumed_from_epoch: int | None = Field(None, description="Epochs already done when this attempt started.")
+    updated_at: datetime | None
+
+
+class ItemCounts(BaseModel):
+    train: int
+    val: int
+
+
+class TaskPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    classes: dict[str, int] = Field(description="The classes this task adds: name -> global index.")
+    also_labelled: list[str]
+    method: str | None
+    model: str | None = Field(description="Architecture of the lineage.")
+    progress: ProgressPublic | None
+    error: str | None
+    model_version: int | None = Field(description="The version this task produced.")
+    parent_version: int | None
+    cancel_requested: bool
+    attempts: int = Field(description="Times a worker started this task (> 1 after a redelivery).")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    items: ItemCounts
+
+
+def upload_openapi() -> dict[str, Any]:
+    """The multipart request body of POST /tasks for the OpenAPI document (the route reads the
+    body as a stream itself, so FastAPI cannot derive it)."""
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "required": ["spec"],
+            "properties": {
+                "spec": {"type": "string", "description": "The task's spec as JSON (contentSchema).",
+                         "contentMediaType": "application/json", "contentSchema": _inlined(TaskCreate),
+                         "example": '{"classes": ["car", "person"]}'},
+                "images": {**files, "description": "Images (PNG, JPEG, BMP, TIFF, WebP), paired with masks by file stem."},
+                "masks": {**files, "description": "PNG masks: index (0 background, k = k-th class, 255 ignore) "
+                                                  "or RGB palette colours."},
+                "archive": {"type": "string", "format": "binary",
+                            "description": "Instead of images + masks: one zip holding images/ and masks/."},
+            },
+        },
+        "encoding": {"spec": {"contentType": "application/json"}},
+    }}}}
+
+
+def _inlined(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its ``$defs`` substituted in place (it is embedded in a
+    request body, where ``#/$defs/...`` references would not resolve)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)

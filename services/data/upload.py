@@ -1,0 +1,256 @@
+"""Validating an uploaded dataset before anything is stored: pairing images with masks, decoding
+images, and turning masks (index or palette) into the task's LOCAL index form.
+
+Local index form, what the object store holds for every mask: 8-bit single-channel PNG, 0 =
+background, k = the k-th of the task's new ``classes``, n + j = the j-th ``also_labelled`` class,
+255 = ignore. The worker maps local values to global class indices.
+
+Every rejection is an :class:`UploadRejected` whose message names the file and what is wrong
+(``UploadTooLarge`` for size limits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+BACKGROUND = 0
+IGNORE = 255
+# Formats we store as uploaded; the stored key takes the format's usual extension.
+IMAGE_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".bmp": "image/bmp", ".tif": "image/tiff",
+                 ".webp": "image/webp"}
+MAX_STEM_CHARS = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_LISTED = 10  # names or values quoted in one message
+
+
+class UploadRejected(ValueError):
+    """The upload is unusable as sent (HTTP 422); the message says which file and why."""
+
+
+class UploadTooLarge(UploadRejected):
+    """A size limit was exceeded (HTTP 413)."""
+
+
+@dataclass(frozen=True)
+class ReceivedFile:
+    """An uploaded file on local disk: its name as sent (or its archive path), size and sha256."""
+
+    name: str
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    stem: str
+    image: ReceivedFile
+    mask: ReceivedFile
+
+
+@dataclass(frozen=True)
+class PreparedItem:
+    """A validated pair, ready to store: the original image and the mask in local index form."""
+
+    stem: str
+    image: ReceivedFile
+    image_ext: str
+    width: int
+    height: int
+    mask_path: Path
+
+
+def listed(names: Sequence[object], limit: int = _LISTED) -> str:
+    """'a, b, c' or 'a, b, ... and 7 more'."""
+    shown = ", ".join(str(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# --- pairing ----------------------------------------------------------------------------------
+def stem_of(filename: str) -> str:
+    """The file's stem: its base name (clients may send a path) without the last extension."""
+    base = re.split(r"[/\\]", filename)[-1]
+    stem = base.rsplit(".", 1)[0] if "." in base[1:] else base
+    problem = None
+    if not stem:
+        problem = "it has no name before its extension"
+    elif stem.startswith("."):
+        problem = "hidden files are not accepted"
+    elif len(stem) > MAX_STEM_CHARS:
+        problem = f"its name is longer than {MAX_STEM_CHARS} characters"
+    elif _CONTROL.search(stem):
+        problem = "its name contains control characters"
+    if problem:
+        raise UploadRejected(f"file {filename!r}: {problem}")
+    return stem
+
+
+def _by_stem(files: Sequence[ReceivedFile], what: str) -> dict[str, ReceivedFile]:
+    found: dict[str, ReceivedFile] = {}
+    for f in files:
+        stem = stem_of(f.name)
+        if stem in found:
+            raise UploadRejected(f"two {what} share the name {stem!r}: {found[stem].name!r} and {f.name!r}")
+        found[stem] = f
+    return found
+
+
+def pair_files(images: Sequence[ReceivedFile], masks: Sequence[ReceivedFile]) -> list[Pair]:
+    """Pair images with masks by file stem, sorted by stem; every file must find its partner."""
+    by_image, by_mask = _by_stem(images, "images"), _by_stem(masks, "masks")
+    if not by_image and not by_mask:
+        raise UploadRejected("no images were uploaded: send files `images` + `masks` or one `archive`")
+    lonely_images = sorted(by_image[s].name for s in by_image.keys() - by_mask.keys())
+    lonely_masks = sorted(by_mask[s].name for s in by_mask.keys() - by_image.keys())
+    problems = []
+    if lonely_images:
+        problems.append(f"images without a mask: {listed(lonely_images)}")
+    if lonely_masks:
+        problems.append(f"masks without an image: {listed(lonely_masks)}")
+    if problems:
+        raise UploadRejected("images and masks are paired by file name; " + "; ".join(problems))
+    return [Pair(stem, by_image[stem], by_mask[stem]) for stem in sorted(by_image)]
+
+
+# --- images -------------------------------------------------------------------------------------
+def inspect_image(f: ReceivedFile, max_pixels: int) -> tuple[str, int, int]:
+    """(extension, width, height) of a fully decodable image of at most ``max_pixels`` pixels."""
+    try:
+        with Image.open(f.path) as im:
+            fmt, (width, height) = im.format, im.size
+            if fmt not in IMAGE_EXTENSIONS:
+                raise UploadRejected(
+                    f"image {f.name!r} is {fmt}; accepted formats: {', '.join(IMAGE_EXTENSIONS)}")
+            _check_pixels(f.name, width, height, max_pixels)
+            im.verify()
+        with Image.open(f.path) as im:  # verify() leaves the image unusable: decode a fresh one
+            im.load()
+    except UnidentifiedImageError:
+        raise UploadRejected(f"image {f.name!r} is not an image (no decoder recognises it)") from None
+    except Image.DecompressionBombError as err:
+        raise UploadRejected(f"image {f.name!r} is too large: {err}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        if isinstance(err, UploadRejected):
+            raise
+        raise UploadRejected(f"image {f.name!r} cannot be decoded (corrupt or truncated?): {err}") from None
+    return IMAGE_EXTENSIONS[fmt], width, height
+
+
+def _check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise UploadRejected(
+            f"image {name!r} is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} (STRATA_MAX_IMAGE_PIXELS)")
+
+
+# --- masks --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MaskFormat:
+    """How this task's masks encode its classes.
+
+    local_names: the local classes in order (value k = local_names[k - 1]).
+    palette: for palette masks, {local name: (r, g, b)}; None for index masks.
+    """
+
+    local_names: tuple[str, ...]
+    palette: Mapping[str, tuple[int, int, int]] | None = None
+
+    def to_local(self, f: ReceivedFile, size: tuple[int, int], image_name: str) -> np.ndarray:
+        """The mask as local index values, uint8 [H, W]; checks format, size and values."""
+        with _open_mask(f, size, image_name) as im:
+            if self.palette is None:
+                return self._index_values(f.name, im)
+            return self._palette_values(f.name, im)
+
+    def _index_values(self, name: str, im: Image.Image) -> np.ndarray:
+        if im.mode not in ("L", "P"):
+            raise UploadRejected(
+                f"mask {name!r} is a {im.mode} image; index masks must be single-channel 8-bit PNGs "
+                "(mode L or P) holding class values")
+        values = np.asarray(im, dtype=np.uint8)  # for mode P: the palette indices, not colours
+        n = len(self.local_names)
+        present = np.unique(values)
+        bad = [int(v) for v in present if n < v < IGNORE]
+        if bad:
+            raise UploadRejected(
+                f"mask {name!r} has values {listed(bad)} outside the declared classes: allowed are 0 "
+                f"(background), 1..{n} ({listed(self.local_names)}) and 255 (ignore)")
+        return values
+
+    def _palette_values(self, name: str, im: Image.Image) -> np.ndarray:
+        assert self.palette is not None
+        rgb = _as_rgb(name, im)
+        codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+        colours, inverse = np.unique(codes, return_inverse=True)
+        by_code = {(r << 16) | (g << 8) | b: k for k, cls in enumerate(self.local_names, start=1)
+                   for r, g, b in [self.palette[cls]]}
+        by_code[0] = BACKGROUND
+        unknown = [c for c in colours.tolist() if c not in by_code]
+        if unknown:
+            shown = ", ".join(f"[{c >> 16}, {(c >> 8) & 255}, {c & 255}]" for c in unknown[:5])
+            more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+            raise UploadRejected(
+                f"mask {name!r} has colours not in the palette: {shown}{more}; allowed are black "
+                "[0, 0, 0] (background) and the palette's colours")
+        lut = np.array([by_code[c] for c in colours.tolist()], dtype=np.uint8)
+        return lut[inverse.reshape(codes.shape)]
+
+
+def _open_mask(f: ReceivedFile, size: tuple[int, int], image_name: str) -> Image.Image:
+    try:
+        im = Image.open(f.path)
+        if im.format != "PNG":
+            im.close()
+            raise UploadRejected(f"mask {f.name!r} is {im.format}; masks must be PNG (lossless)")
+        if im.size != size:
+            im.close()
+            raise UploadRejected(
+                f"mask {f.name!r} is {im.size[0]}x{im.size[1]} but its image {image_name!r} is "
+                f"{size[0]}x{size[1]}")
+        im.load()
+    except UnidentifiedImageError:
+        raise UploadRejected(f"mask {f.name!r} is not an image (no decoder recognises it)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        if isinstance(err, UploadRejected):
+            raise
+        raise UploadRejected(f"mask {f.name!r} cannot be decoded (corrupt or truncated?): {err}") from None
+    return im
+
+
+def _as_rgb(name: str, im: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3] colours of an RGB, palette (P) or fully opaque RGBA mask."""
+    if im.mode == "RGB":
+        return np.asarray(im)
+    if im.mode == "P":
+        return np.asarray(im.convert("RGB"))
+    if im.mode == "RGBA":
+        rgba = np.asarray(im)
+        if (rgba[..., 3] != 255).any():
+            raise UploadRejected(f"mask {name!r} has transparent pixels; palette masks must be opaque RGB")
+        return rgba[..., :3]
+    raise UploadRejected(f"mask {name!r} is a {im.mode} image; palette masks must be RGB PNGs")
+
+
+# --- the whole dataset ----------------------------------------------------------------------------
+def prepare_item(pair: Pair, fmt: MaskFormat, max_pixels: int, out_dir: Path) -> PreparedItem:
+    """Validate one pair and write its mask in local index form to ``out_dir/{stem}.png``."""
+    ext, width, height = inspect_image(pair.image, max_pixels)
+    values = fmt.to_local(pair.mask, (width, height), pair.image.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Named by a digest of the stem: stems may hold characters this filesystem dislikes.
+    mask_path = out_dir / f"mask-{hashlib.sha1(pair.stem.encode()).hexdigest()}.png"
+    Image.fromarray(values).save(mask_path, format="PNG")  # uint8 [H, W] -> mode L
+    return PreparedItem(pair.stem, pair.image, ext, width, height, mask_path)
+
+
+def prepare_items(pairs: Sequence[Pair], fmt: MaskFormat, max_pixels: int, out_dir: Path) -> list[PreparedItem]:
+    """Validate every pair (one image in memory at a time); the first bad file rejects the upload."""
+    return [prepare_item(p, fmt, max_pixels, out_dir) for p in pairs]

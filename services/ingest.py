@@ -1,0 +1,329 @@
+"""Registering a training task with its data, all or nothing.
+
+Order: replay check (``Idempotency-Key``), spec, class names against the database, every file
+validated (images decoded, masks converted to local index form) -- and only then the bytes are
+stored under ``datasets/{task_id}/`` and ONE transaction writes the task, its classes and its
+dataset items. If anything fails after the first byte was stored, the task's prefix is deleted
+and the transaction rolled back: a rejected request leaves no rows and no objects behind.
+
+Celery-free: the caller enqueues the task after ``register_task`` returns a created task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.config import Settings
+from services.data.archive import ArchiveLimits, unpack
+from services.data.multipart import Received
+from services.data.upload import (
+    CONTENT_TYPES,
+    MaskFormat,
+    Pair,
+    PreparedItem,
+    UploadRejected,
+    listed,
+    pair_files,
+    prepare_items,
+)
+from services.db.models import DatasetItem, ModelVersion, SemanticClass, Split, Task, TaskStatus, new_task_id
+from services.db.session import session_scope
+from services.registry.aliases import production_version
+from services.storage import InvalidKey, ObjectInfo, ObjectStore, validate_key
+from services.task_spec import BACKGROUND_NAME, DEFAULT_MODEL, FALLBACK_METHOD, TaskSpec, parse_spec
+
+log = logging.getLogger(__name__)
+
+MAX_CLASS_INDEX = 254  # 255 is "ignore" in every mask
+UPLOAD_THREADS = 8  # object-store writes in flight at once (I/O bound)
+# Serialises registrations on Postgres (SQLite's BEGIN IMMEDIATE already does): two requests
+# must not pick the same class indices or both queue behind the same task.
+REGISTRATION_LOCK_KEY = 0x5354524154410002
+PENDING = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
+
+
+class RegistrationConflict(UploadRejected):
+    """The request contradicts the service's state (HTTP 409): a class name that already exists."""
+
+
+class IdempotencyMismatch(UploadRejected):
+    """An Idempotency-Key reused with a different request (HTTP 422)."""
+
+
+class _Replayed(Exception):
+    """Raised inside the transaction when the same Idempotency-Key committed meanwhile."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_pixels: int
+    archive: ArchiveLimits
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestLimits:
+        return cls(settings.max_image_pixels,
+                   ArchiveLimits(max_bytes=4 * settings.max_upload_bytes, max_ratio=settings.max_archive_ratio))
+
+
+@dataclass(frozen=True)
+class Registration:
+    task_id: str
+    created: bool  # False: an earlier request with the same Idempotency-Key made it
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the database says about a new task: its resolved spec and where it sits in the lineage."""
+
+    spec: dict[str, Any]
+    parent_version: int | None
+
+
+@dataclass(frozen=True)
+class _Stored:
+    item: PreparedItem
+    image_key: str
+    image: ObjectInfo
+    mask_key: str
+    mask: ObjectInfo
+
+
+# --- the whole registration ------------------------------------------------------------------
+def register_task(sessions: sessionmaker[Session], store: ObjectStore, received: Received, workdir: Path,
+                  limits: IngestLimits, *, idempotency_key: str | None = None) -> Registration:
+    """Validate ``received`` (a ``spec`` text and files ``images`` + ``masks`` or one ``archive``),
+    store it and record a queued task. Raises UploadRejected (or a subclass) naming what is wrong."""
+    if idempotency_key is not None:
+        with session_scope(sessions) as session:
+            earlier = replay(session, idempotency_key, received.sha256)
+        if earlier is not None:
+            return Registration(earlier.id, created=False)
+    spec = parse_spec(received.texts.get("spec"))
+    with session_scope(sessions) as session:
+        plan(session, spec)  # fail fast on names and model, before the slow part
+    items = prepare_items(collect_pairs(received, workdir, limits), mask_format(spec), limits.max_pixels,
+                          workdir / "masks")
+    task_id = new_task_id()
+    keys = [_keys(task_id, item) for item in items]
+    try:
+        stored = _store_all(store, items, keys)
+        with session_scope(sessions) as session:
+            _record(session, task_id, spec, stored, idempotency_key, received.sha256)
+        return Registration(task_id, created=True)
+    except _Replayed as race:  # a concurrent request with the same key committed first
+        _clean_up(store, task_id)
+        return Registration(race.task_id, created=False)
+    except BaseException:
+        _clean_up(store, task_id)
+        raise
+
+
+def replay(session: Session, key: str, request_sha256: str) -> Task | None:
+    """The task an earlier request with this Idempotency-Key created (same body), or None."""
+    task = session.scalars(select(Task).where(Task.idempotency_key == key)).one_or_none()
+    if task is not None and task.request_sha256 != request_sha256:
+        raise IdempotencyMismatch(
+            f"Idempotency-Key {key!r} was already used for a different request (task {task.id}); "
+            "use a new key for a new request")
+    return task
+
+
+def _clean_up(store: ObjectStore, task_id: str) -> None:
+    try:
+        store.delete_prefix(f"datasets/{task_id}/")
+    except Exception:  # the original error matters more; the objects are unreferenced either way
+        log.exception("could not delete the objects of rejected task %s", task_id)
+
+
+# --- files ------------------------------------------------------------------------------------
+def collect_pairs(received: Received, workdir: Path, limits: IngestLimits) -> list[Pair]:
+    """Image/mask pairs from files ``images`` + ``masks``, or from one zip ``archive``."""
+    archives = received.files_of("archive")
+    loose = received.files_of("images") or received.files_of("masks")
+    if archives and loose:
+        raise UploadRejected("send either files `images` + `masks` or one `archive`, not both")
+    if len(archives) > 1:
+        raise UploadRejected(f"send one `archive`, not {len(archives)}: {listed([a.name for a in archives])}")
+    if archives:
+        found = unpack(archives[0], workdir / "archive", limits.archive)
+        return pair_files(found["images"], found["masks"])
+    return pair_files(received.files_of("images"), received.files_of("masks"))
+
+
+def mask_format(spec: TaskSpec) -> MaskFormat:
+    return MaskFormat(spec.local_names, dict(spec.palette) if spec.mask_format == "palette" else None)
+
+
+def _keys(task_id: str, item: PreparedItem) -> tuple[str, str]:
+    keys = (f"datasets/{task_id}/images/{item.stem}{item.image_ext}", f"datasets/{task_id}/masks/{item.stem}.png")
+    try:
+        for key in keys:
+            validate_key(key)
+    except InvalidKey as err:
+        raise UploadRejected(f"file {item.image.name!r} cannot be stored under its name: {err}") from None
+    return keys
+
+
+def _store_all(store: ObjectStore, items: Sequence[PreparedItem], keys: Sequence[tuple[str, str]]) -> list[_Stored]:
+    """Upload every image (original bytes) and local mask; all writes have stopped when this returns."""
+    pool = ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="ingest-upload")
+    try:
+        futures = [pool.submit(_store_one, store, item, *k) for item, k in zip(items, keys)]
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _store_one(store: ObjectStore, item: PreparedItem, image_key: str, mask_key: str) -> _Stored:
+    image = store.put_file(image_key, item.image.path, CONTENT_TYPES[item.image_ext])
+    mask = store.put_file(mask_key, item.mask_path, "image/png")
+    return _Stored(item, image_key, image, mask_key, mask)
+
+
+def validation_stems(stems: Sequence[str], task_id: str, fraction: float) -> set[str]:
+    """The stems kept for validation: ``round(n * fraction)``, at least one when fraction > 0 and
+    there are 2+ images, never all. Ranked by a hash of (task id, stem): deterministic, and a
+    stem's fate does not depend on the other stems."""
+    n = len(stems)
+    n_val = round(n * fraction)
+    if fraction > 0 and n >= 2:
+        n_val = max(1, n_val)
+    n_val = min(n_val, n - 1) if n else 0
+    ranked = sorted(stems, key=lambda s: hashlib.sha256(f"{task_id}/{s}".encode()).hexdigest())
+    return set(ranked[:n_val])
+
+
+# --- the database -------------------------------------------------------------------------------
+def plan(session: Session, spec: TaskSpec) -> _Plan:
+    """Check the spec against the service's state and resolve its defaults (no writes)."""
+    _check_names(session, spec)
+    pending = latest_pending(session)
+    production = production_version(session)
+    model = _resolve_model(session, spec.model, pending, production)
+    method = spec.method or default_method()
+    weights = spec.hyperparameters.model_dump(exclude_none=True)
+    _check_weights(method, weights)
+    resolved = spec.model_dump(mode="json")
+    resolved.update(method=method, model=model, hyperparameters=weights,
+                    after_task_id=pending.id if pending else None)
+    if spec.mask_format == "index":
+        resolved.pop("palette")
+    return _Plan(resolved, parent_version=None if pending else production)
+
+
+def latest_pending(session: Session) -> Task | None:
+    """The newest queued or running training task: a new task queues behind it."""
+    stmt = select(Task).where(Task.kind == "train", Task.status.in_(PENDING))
+    return session.scalars(stmt.order_by(Task.created_at.desc(), Task.id.desc()).limit(1)).first()
+
+
+def default_method() -> str:
+    """The engine's recommended method (imported lazily: ``methods`` pulls in torch)."""
+    from services.learning import methods
+
+    return getattr(methods, "DEFAULT_METHOD", FALLBACK_METHOD)
+
+
+def _check_weights(method: str, weights: dict[str, Any]) -> None:
+    from services.learning.methods import build_method
+
+    lambdas = {k: v for k, v in weights.items() if k.startswith("lambda_") or k == "ld_form"}
+    try:
+        build_method(method, 1, **lambdas)  # the engine's own check: a weight the method does not use
+    except ValueError as err:
+        raise UploadRejected(f"invalid spec: hyperparameters: {err}") from None
+
+
+def _check_names(session: Session, spec: TaskSpec) -> None:
+    wanted = [*spec.classes, *spec.also_labelled]
+    existing = set(session.scalars(select(SemanticClass.name).where(SemanticClass.name.in_(wanted))))
+    taken = [c for c in spec.classes if c in existing]
+    if taken:
+        raise RegistrationConflict(
+            f"classes already exist: {listed(taken)}; a task adds new classes only "
+            "(list existing classes your masks label under also_labelled)")
+    unknown = [c for c in spec.also_labelled if c not in existing]
+    if unknown:
+        raise UploadRejected(f"also_labelled names classes that do not exist: {listed(unknown)}")
+
+
+def _resolve_model(session: Session, asked: str | None, pending: Task | None, production: int | None) -> str:
+    """The architecture: free for the first task, inherited by every later one."""
+    current = _lineage_architecture(session, pending, production)
+    if current is None:
+        return asked or DEFAULT_MODEL
+    if asked is not None and asked != current:
+        raise UploadRejected(
+            f"invalid spec: model: only the first task chooses the model; this service trains {current!r} "
+            "and later tasks inherit it (leave `model` out)")
+    return current
+
+
+def _lineage_architecture(session: Session, pending: Task | None, production: int | None) -> str | None:
+    if pending is not None:
+        return (pending.spec or {}).get("model")
+    if production is not None:
+        return session.get(ModelVersion, production).architecture
+    return session.scalars(select(ModelVersion.architecture).order_by(ModelVersion.version.desc())).first()
+
+
+def _lock_registrations(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REGISTRATION_LOCK_KEY})
+
+
+def next_class_indices(session: Session, count: int) -> list[int]:
+    """``count`` fresh global indices: above every class id and every index any task was ever
+    assigned (a failed or cancelled task's indices stay burnt)."""
+    used = session.scalar(select(func.max(SemanticClass.id))) or 0
+    for spec in session.scalars(select(Task.spec)):
+        used = max([used, *(int(i) for i in (spec or {}).get("assigned_classes", {}).values())])
+    if used + count > MAX_CLASS_INDEX:
+        raise RegistrationConflict(
+            f"no class indices left: {count} new classes would need indices up to {used + count}, "
+            f"the last usable one is {MAX_CLASS_INDEX}")
+    return list(range(used + 1, used + 1 + count))
+
+
+def _record(session: Session, task_id: str, spec: TaskSpec, stored: Sequence[_Stored],
+            idempotency_key: str | None, request_sha256: str) -> Task:
+    """The task, its classes and its items, in the caller's transaction."""
+    _lock_registrations(session)
+    earlier = replay(session, idempotency_key, request_sha256) if idempotency_key is not None else None
+    if earlier is not None:
+        raise _Replayed(earlier.id)
+    planned = plan(session, spec)  # again, under the lock: the state may have moved meanwhile
+    assigned = dict(zip(spec.classes, next_class_indices(session, len(spec.classes))))
+    task = Task(id=task_id, kind="train", status=TaskStatus.QUEUED.value,
+                spec={**planned.spec, "assigned_classes": assigned}, idempotency_key=idempotency_key,
+                request_sha256=request_sha256, parent_version=planned.parent_version)
+    session.add(task)
+    session.flush()  # classes and items reference the task
+    if session.get(SemanticClass, 0) is None:
+        session.add(SemanticClass(id=0, name=BACKGROUND_NAME, task_id=None))
+    session.add_all(SemanticClass(id=index, name=name, task_id=task_id) for name, index in assigned.items())
+    val = validation_stems([s.item.stem for s in stored], task_id, spec.val_fraction)
+    session.add_all(_item_row(task_id, s, Split.VAL if s.item.stem in val else Split.TRAIN) for s in stored)
+    session.flush()
+    return task
+
+
+def _item_row(task_id: str, s: _Stored, split: Split) -> DatasetItem:
+    return DatasetItem(
+        task_id=task_id, stem=s.item.stem, split=split.value,
+        image_key=s.image_key, image_sha256=s.image.sha256, image_bytes=s.image.size,
+        mask_key=s.mask_key, mask_sha256=s.mask.sha256, mask_bytes=s.mask.size,
+        width=s.item.width, height=s.item.height)

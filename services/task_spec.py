@@ -1,0 +1,177 @@
+"""The ``spec`` of a training task as a client sends it (``POST /tasks``), validated.
+
+Only what can be checked without the database is checked here (names, ranges, palette
+coverage); ``services.ingest`` checks names against existing classes and resolves defaults that
+depend on the service's state (the method's default, the lineage's architecture).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from services.data.upload import UploadRejected, listed
+from services.learning.names import ARCHITECTURES, METHODS
+
+BACKGROUND_NAME = "background"
+DEFAULT_MODEL = "deeplabv3_resnet101"  # the papers' network
+FALLBACK_METHOD = "ef+ld"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+Colour = tuple[int, int, int]
+
+
+class Hyperparameters(BaseModel):
+    """Optimiser settings and loss weights; None = the engine's default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    lr: float | None = Field(None, gt=0, le=10, description="Initial SGD learning rate (default 0.01).")
+    momentum: float | None = Field(None, ge=0, lt=1, description="SGD momentum (default 0.9).")
+    weight_decay: float | None = Field(None, ge=0, le=1, description="L2 weight decay (default 1e-4).")
+    lr_power: float | None = Field(None, ge=0, le=10, description="Poly decay exponent (default 0.9).")
+    lambda_d: float | None = Field(None, ge=0, le=1e4, description="Output distillation weight (ld, ef+ld, ld+le).")
+    lambda_e: float | None = Field(None, ge=0, le=1e4, description="Feature distillation weight (le, ld+le).")
+    lambda_u: float | None = Field(None, ge=0, le=1e4, description="Unbiased distillation weight (mib).")
+    ld_form: Literal["paper", "mib"] | None = Field(
+        None, description="Form of L'_D: the ILT paper's (default) or MiB's renormalised one.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Random seed of the run.")
+    pretrained_backbone: bool | None = Field(
+        None, description="First task only: start the encoder from torchvision's ImageNet weights "
+        "(default true; the worker must be able to download them or find them in TORCH_HOME).")
+    backbone_weights: str | None = Field(
+        None, max_length=1024, description="First task only: a backbone weights file on the worker's disk.")
+
+
+def _clean_name(name: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= 128:
+        raise ValueError(f"class name {name!r} must be 1 to 128 characters")
+    if _CONTROL.search(name):
+        raise ValueError(f"class name {name!r} contains control characters")
+    if name.lower() == BACKGROUND_NAME:
+        raise ValueError(f"{name!r} is reserved: background is always value 0 of every mask")
+    return name
+
+
+def _clean_names(names: list[str], what: str) -> list[str]:
+    cleaned = [_clean_name(n) for n in names]
+    repeated = sorted({n for n in cleaned if cleaned.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} repeats {listed(repeated)}")
+    return cleaned
+
+
+class TaskSpec(BaseModel):
+    """What to learn and how. Masks: value k (index format) or palette colour of class k labels
+    the k-th entry of ``classes``, then of ``also_labelled``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    classes: list[str] = Field(min_length=1, max_length=254,
+                               description="New class names, in the order the mask values use (1, 2, ...).")
+    method: str | None = Field(None, description=f"One of {', '.join(METHODS)}; default: the engine's best.")
+    epochs: int = Field(30, ge=1, le=1000)
+    image_size: int = Field(512, ge=32, le=2048, description="Training crop size in pixels.")
+    batch_size: int = Field(8, ge=1, le=256)
+    val_fraction: float = Field(0.1, ge=0, lt=0.9,
+                                description="Share of images kept to score the new classes (at least one when > 0).")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    model: str | None = Field(None, description=f"Architecture, first task only: {', '.join(ARCHITECTURES)}.")
+    mask_format: Literal["index", "palette"] = "index"
+    palette: dict[str, Colour] | None = Field(
+        None, description="mask_format 'palette': {class: [r, g, b]} for every class and also_labelled class.")
+    also_labelled: list[str] = Field(default_factory=list, description=(
+        "Existing classes these masks label too, after the new ones (index format: values n+1, n+2, ...)."))
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str]) -> list[str]:
+        return _clean_names(v, "classes")
+
+    @field_validator("also_labelled")
+    @classmethod
+    def _also_labelled(cls, v: list[str]) -> list[str]:
+        return _clean_names(v, "also_labelled")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str | None) -> str | None:
+        if v is not None and v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(METHODS)}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and v not in ARCHITECTURES:
+            raise ValueError(f"unknown model {v!r}; choose one of {', '.join(ARCHITECTURES)}")
+        return v
+
+    @field_validator("palette")
+    @classmethod
+    def _palette_colours(cls, v: dict[str, Colour] | None) -> dict[str, Colour] | None:
+        if v is None:
+            return v
+        v = {name.strip(): tuple(colour) for name, colour in v.items()}
+        for name, colour in v.items():
+            if any(not 0 <= c <= 255 for c in colour):
+                raise ValueError(f"colour of {name!r} must be three values 0..255, got {list(colour)}")
+            if colour == (0, 0, 0):
+                raise ValueError(f"colour of {name!r} is black, which is reserved for background")
+        shared = sorted({str(list(c)) for c in v.values() if list(v.values()).count(c) > 1})
+        if shared:
+            raise ValueError(f"colours used by more than one class: {', '.join(shared)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        both = sorted(set(self.classes) & set(self.also_labelled))
+        if both:
+            raise ValueError(f"{listed(both)} cannot be both new (classes) and existing (also_labelled)")
+        if len(self.classes) + len(self.also_labelled) > 254:
+            raise ValueError("classes and also_labelled together name more than 254 classes (mask values 1..254)")
+        if self.mask_format == "index" and self.palette is not None:
+            raise ValueError("palette is only used with mask_format 'palette'")
+        if self.mask_format == "palette":
+            self._check_palette_covers()
+        return self
+
+    def _check_palette_covers(self) -> None:
+        if not self.palette:
+            raise ValueError("mask_format 'palette' needs a palette: {class name: [r, g, b]}")
+        wanted = [*self.classes, *self.also_labelled]
+        missing = [n for n in wanted if n not in self.palette]
+        extra = sorted(n for n in self.palette if n not in wanted)
+        if missing:
+            raise ValueError(f"palette has no colour for {listed(missing)}")
+        if extra:
+            raise ValueError(f"palette names {listed(extra)}, which are neither in classes nor in also_labelled")
+
+    @property
+    def local_names(self) -> tuple[str, ...]:
+        """The classes in mask-value order: value k labels local_names[k - 1]."""
+        return (*self.classes, *self.also_labelled)
+
+
+def parse_spec(text: str | None) -> TaskSpec:
+    """The spec from its JSON text; UploadRejected with every problem, each prefixed by its field."""
+    if text is None or not text.strip():
+        raise UploadRejected("the form field `spec` is missing: send the task's spec as JSON, e.g. "
+                             '{"classes": ["cat", "dog"]}')
+    try:
+        return TaskSpec.model_validate_json(text)
+    except ValidationError as err:
+        raise UploadRejected("invalid spec: " + "; ".join(_describe(e) for e in err.errors())) from None
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    if error["type"] == "json_invalid":
+        return f"not valid JSON ({error.get('ctx', {}).get('error', error['msg'])})"
+    msg = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg

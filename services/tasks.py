@@ -1,0 +1,173 @@
+"""Training tasks as the API shows them: queries, the public view of progress, cancellation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.db.base import utcnow
+from services.db.models import DatasetItem, Split, Task, TaskStatus
+from services.jobs.claim import FINISHED, finish_cancelled
+
+DEFAULT_LIMIT = 100
+
+
+class TaskNotFound(LookupError):
+    """No task with that id (HTTP 404)."""
+
+
+class TaskFinished(ValueError):
+    """The task already finished: nothing to cancel (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class ProgressView:
+    """The worker's last report; ``eta_s`` is derived: remaining images / images per second."""
+
+    epoch: int | None
+    epochs: int | None
+    step: int | None
+    steps: int | None
+    loss: float | None
+    images_per_s: float | None
+    eta_s: float | None
+    resumed_from_epoch: int | None  # epochs already done when this attempt started (after a redelivery)
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class TaskView:
+    id: str
+    status: str
+    classes: dict[str, int]  # the classes this task adds: name -> global index
+    also_labelled: list[str]
+    method: str | None
+    model: str | None
+    progress: ProgressView | None
+    error: str | None
+    model_version: int | None
+    parent_version: int | None
+    cancel_requested: bool
+    attempts: int  # how many times a worker started it (more than 1 after a redelivery)
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    items: dict[str, int]  # {"train": n, "val": m}
+
+
+# --- reading ------------------------------------------------------------------------------------
+def get_task(session: Session, task_id: str) -> Task:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise TaskNotFound(f"no task with id {task_id!r}")
+    return task
+
+
+def task_view(session: Session, task_id: str) -> TaskView:
+    task = get_task(session, task_id)
+    return view_of(task, item_counts(session, [task.id]).get(task.id))
+
+
+def list_task_views(session: Session, status: str | None = None, limit: int = DEFAULT_LIMIT) -> list[TaskView]:
+    """Newest first, optionally only those with ``status``."""
+    if status is not None and status not in set(TaskStatus):
+        raise ValueError(f"unknown status {status!r}; choose one of {', '.join(s.value for s in TaskStatus)}")
+    stmt = select(Task).order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(Task.status == status)
+    tasks = list(session.scalars(stmt))
+    counts = item_counts(session, [t.id for t in tasks])
+    return [view_of(t, counts.get(t.id)) for t in tasks]
+
+
+def item_counts(session: Session, task_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """{task id: {"train": n, "val": m}} in one query."""
+    if not task_ids:
+        return {}
+    stmt = (select(DatasetItem.task_id, DatasetItem.split, func.count())
+            .where(DatasetItem.task_id.in_(task_ids)).group_by(DatasetItem.task_id, DatasetItem.split))
+    out: dict[str, dict[str, int]] = {}
+    for task_id, split, n in session.execute(stmt):
+        out.setdefault(task_id, {s.value: 0 for s in Split})[split] = n
+    return out
+
+
+def view_of(task: Task, counts: Mapping[str, int] | None) -> TaskView:
+    spec = task.spec or {}
+    running = task.status == TaskStatus.RUNNING
+    return TaskView(
+        id=task.id, status=task.status, classes=dict(spec.get("assigned_classes", {})),
+        also_labelled=list(spec.get("also_labelled", [])), method=spec.get("method"), model=spec.get("model"),
+        progress=progress_view(task.progress, spec.get("batch_size"), task.updated_at, running=running),
+        error=task.error, model_version=task.model_version, parent_version=task.parent_version,
+        cancel_requested=task.cancel_requested, attempts=task.attempts, created_at=task.created_at, started_at=task.started_at,
+        finished_at=task.finished_at, items={s.value: 0 for s in Split} | dict(counts or {}),
+    )
+
+
+def progress_view(progress: Mapping[str, Any] | None, batch_size: int | None, row_updated_at: datetime | None,
+                  *, running: bool = True) -> ProgressView | None:
+    """The public fields of a worker's report (None before the first one).
+
+    ``step`` counts within the epoch (1..steps); the ETA assumes the images/s of the last report
+    holds for the remaining steps of this epoch and the epochs after it.
+    """
+    if not progress:
+        return None
+    epoch, epochs = _int(progress.get("epoch")), _int(progress.get("epochs"))
+    step, steps = _int(progress.get("step")), _int(progress.get("steps"))
+    rate = _float(progress.get("images_per_s"))
+    batch = _int(progress.get("batch_size")) or batch_size
+    eta = None
+    if running and None not in (epoch, epochs, step, steps, batch) and rate and rate > 0:
+        remaining_steps = max(0, (epochs - epoch) * steps + (steps - step))
+        eta = round(remaining_steps * batch / rate, 1)
+    return ProgressView(epoch=epoch, epochs=epochs, step=step, steps=steps, loss=_float(progress.get("loss")),
+                        images_per_s=rate, eta_s=eta, resumed_from_epoch=_int(progress.get("resumed_from_epoch")),
+                        updated_at=_time(progress.get("updated_at")) or row_updated_at)
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+# --- cancelling ---------------------------------------------------------------------------------
+def cancel_task(session: Session, task_id: str) -> bool:
+    """Cancel a task; the caller commits. True: it was queued and is cancelled now (its class
+    names are released, their indices stay burnt). False: it is running, and the worker stops it
+    at its next step. Raises TaskNotFound, or TaskFinished for a finished task."""
+    task = session.get(Task, task_id, with_for_update=True)  # the worker's claim waits for us
+    if task is None:
+        raise TaskNotFound(f"no task with id {task_id!r}")
+    if task.status in FINISHED:
+        raise TaskFinished(f"task {task_id} already {task.status}; there is nothing to cancel")
+    # Set in both cases: a worker that claimed the task meanwhile still sees it and stops.
+    task.cancel_requested = True
+    task.updated_at = utcnow()
+    if task.status == TaskStatus.QUEUED:
+        finish_cancelled(session, task, "cancelled by request before training started")
+        return True
+    return False
