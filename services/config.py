@@ -50,6 +50,25 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # --- uploads and auth ------------------------------------------------------------------
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="Largest POST /tasks body (413 past it).")
+    max_archive_ratio: int = Field(200, ge=1, description="Zip bombs: largest decompressed/compressed ratio.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image accepted (width x height).")
+    admin_key: str | None = Field(None, description="Embedded mode: the admin API key (generated if unset).")
+    infer_key: str | None = Field(None, description="Embedded mode: the inference API key (generated if unset).")
+
+    # --- model registry --------------------------------------------------------------------
+    # A new version becomes `production` automatically only if no old class's mIoU drops by more
+    # than this many points (IoU x 100) against its parent; otherwise it waits as a candidate.
+    promote_max_old_miou_drop: float = Field(5.0, ge=0)
+    auto_promote: bool = True
+
+    # --- inference -------------------------------------------------------------------------
+    inference_max_batch: int = Field(8, ge=1)
+    inference_max_wait_ms: float = Field(5.0, ge=0)
+    inference_device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    inference_cache_size: int = Field(3, ge=1, description="Model versions kept loaded at once.")
+
     # --- the worker ----------------------------------------------------------------------
     training_queue: str = "training"
     worker_concurrency: int = Field(1, ge=1, description="Training processes per worker: one per GPU.")

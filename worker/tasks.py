@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from celery.signals import worker_process_init
+import logging
+import os
+import socket
+
+from celery.signals import worker_process_init, worker_ready
 
 from services.config import get_settings
 from services.db.session import make_engine, make_session_factory, session_scope
 from services.heartbeats import record_heartbeat
 from worker.app import app
 
+log = logging.getLogger(__name__)
 _sessions = None
+RETRY_NOT_READY_S = 15
 
 
 @worker_process_init.connect
@@ -32,3 +38,37 @@ def ping(token: str) -> str:
     with session_scope(sessions()) as session:
         record_heartbeat(session, get_settings().training_queue, ping_token=token)
     return token
+
+
+@app.task(name="strata.train", bind=True, max_retries=None)
+def train(self, task_id: str) -> str:
+    """Train the next model version for ``task_id`` (idempotent: safe to deliver twice)."""
+    # Imported here: the parent (main) worker process must never import torch/initialise CUDA.
+    from services.jobs.train_task import JobContext, NotReady, run_training_task
+    from services.storage import open_store
+
+    settings = get_settings()
+    ctx = JobContext(settings, sessions(), open_store(settings), f"{socket.gethostname()}:{os.getpid()}")
+    try:
+        outcome = run_training_task(ctx, task_id)
+    except NotReady as err:
+        raise self.retry(countdown=RETRY_NOT_READY_S, exc=err) from None
+    log.info(outcome)
+    return outcome
+
+
+@worker_ready.connect
+def _recover_unfinished(sender=None, **_: object) -> None:
+    """Re-send every unfinished task: a message lost with a killed worker (the filesystem broker
+    drops a message once taken) or never sent (the API died after its commit) is recovered here.
+    Duplicates are harmless: a task runs once and finished tasks are skipped."""
+    from services.jobs.recovery import unfinished_task_ids
+
+    with session_scope(sessions()) as session:
+        ids = unfinished_task_ids(session)
+    for task_id in ids:
+        app.send_task("strata.train", args=[task_id], queue=get_settings().training_queue)
+    if ids:
+        log.info("re-sent %d unfinished task(s): %s", len(ids), ", ".join(ids))
+    global _sessions
+    _sessions = None  # the pool forks after this: children open their own connections

@@ -17,6 +17,22 @@ def prepare(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings)
     open_store(settings).ensure_ready()
+    _bootstrap_keys(settings)
+
+
+def _bootstrap_keys(settings: Settings) -> None:
+    """Register injected keys / generate the first ones; print where they are (never the keys)."""
+    from services.auth import bootstrap_keys
+    from services.db.session import make_engine, make_session_factory, session_scope
+
+    engine = make_engine(settings)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            message = bootstrap_keys(settings, session)
+    finally:
+        engine.dispose()
+    if message:
+        print(message, flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,0 +1,44 @@
+"""Class bookkeeping for one step: channels, lookup tables from stored local masks.
+
+A model's output channels are its classes in ascending global index (new classes always get
+indices above every index ever assigned, so growing a model appends channels in that order).
+Masks are stored in the task's LOCAL form: 0 background, k = k-th new class, n + j = the j-th
+``also_labelled`` class, 255 ignore. A lookup table turns them into channel indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+IGNORE = 255
+
+
+def channels_of(class_map: Mapping[int | str, str]) -> list[int]:
+    """Global class indices in channel order."""
+    return sorted(int(k) for k in class_map)
+
+
+def channel_names(class_map: Mapping[int | str, str]) -> dict[int, str]:
+    """{channel: name}, as the trainer and checkpoints want it."""
+    by_index = {int(k): v for k, v in class_map.items()}
+    return {ch: by_index[idx] for ch, idx in enumerate(channels_of(class_map))}
+
+
+def local_to_channel_lut(spec: Mapping, assigned: Mapping[str, int], class_map: Mapping[int | str, str]) -> np.ndarray:
+    """uint8 [256]: a task's local mask value -> channel of ``class_map``'s model.
+
+    Local values of classes the model does not know (e.g. a class added by a later task, when
+    scoring an older version) become background: that is what those pixels were to it.
+    """
+    position = {idx: ch for ch, idx in enumerate(channels_of(class_map))}
+    by_name = {v: int(k) for k, v in class_map.items()}
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[IGNORE] = IGNORE
+    local_names: Sequence[str] = [*spec["classes"], *spec.get("also_labelled", [])]
+    for local, name in enumerate(local_names, start=1):
+        index = assigned.get(name, by_name.get(name))
+        if index is not None and index in position:
+            lut[local] = position[index]
+    return lut

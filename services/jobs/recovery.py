@@ -1,0 +1,14 @@
+"""Finding tasks whose broker message may have been lost."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.db.models import Task, TaskStatus
+
+
+def unfinished_task_ids(session: Session) -> list[str]:
+    """Queued and running tasks, oldest first (the order their steps must run in)."""
+    stmt = select(Task.id).where(Task.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING])).order_by(Task.created_at)
+    return list(session.scalars(stmt))

@@ -1,0 +1,233 @@
+"""One incremental step, from a task id to a recorded version.
+
+claim -> plan -> fetch data -> parent checkpoint (sha256 checked) -> grow classifier -> train
+(distilling from the frozen parent; a checkpoint every epoch, so a redelivered task resumes) ->
+score every known class -> upload the checkpoint -> ONE transaction: version + metrics + task
+status (+ the production alias when the promotion policy holds).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+
+from services.config import Settings
+from services.data.step_dataset import SegmentationDataset
+from services.data.transforms import TrainTransform
+from services.db.base import utcnow
+from services.db.models import ModelVersion, Task, TaskStatus
+from services.db.session import session_scope
+from services.heartbeats import record_heartbeat
+from services.jobs.claim import Claim, claim, finish_cancelled, finish_failed
+from services.jobs.classes import channel_names, local_to_channel_lut
+from services.jobs.data import fetch, fetch_items, local_source
+from services.jobs.plan import StepPlan, build_plan
+from services.jobs.scoring import ScoringSet, score_classes
+from services.learning.checkpoint import load_model, save_model
+from services.learning.growth import grow_classifier
+from services.learning.methods import build_method
+from services.learning.trainer import Progress, TrainConfig, TrainingCancelled, resolve_device, train
+from services.learning.zoo import build_model
+from services.registry.versions import next_version_number, record_version
+from services.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+REPORT_EVERY_S = 1.0  # progress reaches the task row at most about once a second
+
+
+class NotReady(Exception):
+    """The task waits for the step before it; try again later."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    settings: Settings
+    sessions: sessionmaker
+    store: ObjectStore
+    worker_name: str
+
+
+def run_training_task(ctx: JobContext, task_id: str) -> str:
+    """Run the task if it is this worker's to run; return what happened, in words."""
+    with session_scope(ctx.sessions) as session:
+        result = claim(session, task_id, ctx.worker_name)
+        if result.claim is Claim.RUN:
+            record_heartbeat(session, ctx.settings.training_queue, current_task_id=task_id)
+            plan = build_plan(session, task_id, result.parent_version)
+    if result.claim is Claim.NOT_READY:
+        raise NotReady(result.reason)
+    if result.claim is Claim.SKIP:
+        return result.reason
+    try:
+        version = _run_step(ctx, plan)
+    except TrainingCancelled as err:
+        _finish(ctx, task_id, lambda s, t: finish_cancelled(s, t, str(err)))
+        return f"task {task_id} cancelled"
+    except Exception as err:
+        log.exception("task %s failed", task_id)
+        _finish(ctx, task_id, lambda s, t: finish_failed(s, t, f"{type(err).__name__}: {err}"))
+        return f"task {task_id} failed: {err}"
+    finally:
+        with session_scope(ctx.sessions) as session:
+            record_heartbeat(session, ctx.settings.training_queue, current_task_id=None)
+    shutil.rmtree(_train_dir(ctx.settings, task_id), ignore_errors=True)
+    return f"task {task_id} produced version {version}"
+
+
+def _finish(ctx: JobContext, task_id: str, mark: Callable) -> None:
+    with session_scope(ctx.sessions) as session:
+        task = session.get(Task, task_id)
+        if task.status == TaskStatus.RUNNING:
+            mark(session, task)
+
+
+def _train_dir(settings: Settings, task_id: str) -> Path:
+    return settings.cache_dir / "train" / task_id
+
+
+def _hyperparameters_given(plan: StepPlan) -> dict:
+    """The hyperparameters the client set (None = the engine's default)."""
+    return {k: v for k, v in (plan.spec.get("hyperparameters") or {}).items() if v is not None}
+
+
+def _run_step(ctx: JobContext, plan: StepPlan) -> int:
+    hp = _hyperparameters_given(plan)
+    device = resolve_device(str(hp.get("device", "auto")))
+    method = build_method(plan.spec["method"] if plan.parent else "ft", len(plan.old_classes),
+                          **{k: hp[k] for k in ("lambda_d", "lambda_e", "lambda_u", "ld_form") if k in hp})
+    model, teacher = _models(ctx, plan, hp, method.classifier_init)
+    names = channel_names(plan.class_map)
+    config = TrainConfig(
+        epochs=int(plan.spec["epochs"]), batch_size=int(plan.spec["batch_size"]),
+        lr=float(hp.get("lr", 0.01)), momentum=float(hp.get("momentum", 0.9)),
+        weight_decay=float(hp.get("weight_decay", 1e-4)), seed=int(hp.get("seed", 0)),
+        device=str(device), log_every=5,  # reports sync the GPU; the writer throttles further
+    )
+    trained = train(
+        model, method, _train_dataset(ctx, plan), config, teacher=teacher, class_map=names,
+        checkpoint_dir=_train_dir(ctx.settings, plan.task_id),
+        on_progress=_ProgressWriter(ctx, plan.task_id), should_cancel=_CancelCheck(ctx, plan.task_id),
+    )
+    scores = score_classes(trained, plan.class_map, _scoring_sets(ctx, plan), int(plan.spec["image_size"]), device)
+    return _record(ctx, plan, trained.cpu(), names, scores, method.name)
+
+
+def _models(ctx: JobContext, plan: StepPlan, hp: dict, init: str):
+    """(model to train, frozen teacher or None): a new base model, or the parent grown by the new classes."""
+    if plan.parent is None:
+        weights = hp.get("backbone_weights")
+        model = build_model(plan.architecture, len(plan.class_map),
+                            pretrained_backbone=bool(hp.get("pretrained_backbone", True)),
+                            backbone_weights=Path(weights) if weights else None)
+        return model, None
+    path = ctx.settings.cache_dir / "checkpoints" / str(plan.parent.version) / "model.pt"
+    fetch(ctx.store, plan.parent.checkpoint_key, plan.parent.checkpoint_sha256, path)
+    teacher = load_model(path, expected_sha256=plan.parent.checkpoint_sha256).model
+    teacher.requires_grad_(False)
+    model = grow_classifier(teacher, len(plan.new_classes), init=init,
+                            generator=torch.Generator().manual_seed(int(hp.get("seed", 0))))
+    return model, teacher
+
+
+def _train_dataset(ctx: JobContext, plan: StepPlan) -> SegmentationDataset:
+    pairs = fetch_items(ctx.store, plan.train_items, ctx.settings.cache_dir)
+    lut = local_to_channel_lut(plan.spec, plan.assigned, plan.class_map)
+    source = local_source(plan.task_id, "train", pairs, list(plan.class_map.values()))
+    seed = int(_hyperparameters_given(plan).get("seed", 0))
+    return SegmentationDataset(source, None, lut, TrainTransform(int(plan.spec["image_size"]),
+                                                                 generator=torch.Generator().manual_seed(seed)))
+
+
+def _scoring_sets(ctx: JobContext, plan: StepPlan) -> list[ScoringSet]:
+    return [
+        ScoringSet(t.task_id, t.spec, t.assigned, fetch_items(ctx.store, t.val_items, ctx.settings.cache_dir), t.introduced)
+        for t in plan.scoring
+    ]
+
+
+def _record(ctx: JobContext, plan: StepPlan, model, names: dict[int, str], scores, method: str) -> int:
+    with session_scope(ctx.sessions) as session:
+        version = next_version_number(session)
+    local = _train_dir(ctx.settings, plan.task_id) / "model.pt"
+    meta = {"task_id": plan.task_id, "version": version, "parent": plan.parent.version if plan.parent else None,
+            "class_indices": sorted(plan.class_map)}
+    digest = save_model(local, model, names, meta)
+    key = f"checkpoints/{version}/model.pt"
+    info = ctx.store.put_file(key, local)
+    try:
+        with session_scope(ctx.sessions) as session:
+            task = session.get(Task, plan.task_id)
+            row, _decision = record_version(
+                session, task=task, parent_version=plan.parent.version if plan.parent else None,
+                architecture=plan.architecture, method=method, hyperparameters=_hyperparameters(plan),
+                class_map={str(k): v for k, v in plan.class_map.items()}, checkpoint_key=key,
+                checkpoint_sha256=digest, checkpoint_bytes=info.size,
+                metrics={i: (s.iou, s.tp, s.fp, s.fn) for i, s in scores.items()},
+                old_classes=plan.old_classes, new_classes=plan.new_classes,
+                version=version, settings=ctx.settings,
+            )
+            task.status = TaskStatus.SUCCEEDED
+            task.finished_at = utcnow()
+            return row.version
+    except IntegrityError:
+        # Another attempt recorded this task's version first (task_id is unique on versions):
+        # exactly one version per task. Our upload went to a key nobody references: remove it.
+        with session_scope(ctx.sessions) as session:
+            existing = session.query(ModelVersion).filter_by(task_id=plan.task_id).one_or_none()
+        if existing is None:
+            raise
+        if existing.checkpoint_key != key:
+            ctx.store.delete(key)
+        return existing.version
+
+
+def _hyperparameters(plan: StepPlan) -> dict:
+    keys = ("epochs", "batch_size", "image_size", "val_fraction")
+    return {**{k: plan.spec[k] for k in keys if k in plan.spec}, **_hyperparameters_given(plan)}
+
+
+class _ProgressWriter:
+    """Writes the trainer's progress to the task row, at most once per REPORT_EVERY_S."""
+
+    def __init__(self, ctx: JobContext, task_id: str) -> None:
+        self.ctx, self.task_id, self.last = ctx, task_id, 0.0
+        self.resumed_from_epoch: int | None = None  # epochs done before this attempt (a resume)
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        final = p.epoch == p.epochs and p.step == p.steps
+        if now - self.last < REPORT_EVERY_S and not final:
+            return
+        self.last = now
+        if self.resumed_from_epoch is None:
+            self.resumed_from_epoch = p.epoch - 1
+        with session_scope(self.ctx.sessions) as session:
+            task = session.get(Task, self.task_id)
+            task.progress = {"epoch": p.epoch, "epochs": p.epochs, "step": p.step, "steps": p.steps,
+                             "loss": round(p.loss, 5), "lr": p.lr, "images_per_s": round(p.images_per_s, 2),
+                             "resumed_from_epoch": self.resumed_from_epoch,
+                             "updated_at": utcnow().isoformat()}
+            record_heartbeat(session, self.ctx.settings.training_queue, current_task_id=self.task_id)
+
+
+class _CancelCheck:
+    """Reads the task's cancel flag, at most once per REPORT_EVERY_S."""
+
+    def __init__(self, ctx: JobContext, task_id: str) -> None:
+        self.ctx, self.task_id, self.last, self.cancelled = ctx, task_id, 0.0, False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.cancelled and now - self.last >= REPORT_EVERY_S:
+            self.last = now
+            with self.ctx.sessions() as session:
+                self.cancelled = bool(session.get(Task, self.task_id).cancel_requested)
+        return self.cancelled
