@@ -70,15 +70,17 @@ def run_training_task(ctx: JobContext, task_id: str) -> str:
         version = _run_step(ctx, plan)
     except TrainingCancelled as err:
         _finish(ctx, task_id, lambda s, t: finish_cancelled(s, t, str(err)))
+        _clean_up(ctx, task_id)
         return f"task {task_id} cancelled"
     except Exception as err:
         log.exception("task %s failed", task_id)
         _finish(ctx, task_id, lambda s, t: finish_failed(s, t, f"{type(err).__name__}: {err}"))
+        _clean_up(ctx, task_id)
         return f"task {task_id} failed: {err}"
     finally:
         with session_scope(ctx.sessions) as session:
             record_heartbeat(session, ctx.settings.training_queue, current_task_id=None)
-    shutil.rmtree(_train_dir(ctx.settings, task_id), ignore_errors=True)
+    _clean_up(ctx, task_id)
     return f"task {task_id} produced version {version}"
 
 
@@ -91,6 +93,26 @@ def _finish(ctx: JobContext, task_id: str, mark: Callable) -> None:
 
 def _train_dir(settings: Settings, task_id: str) -> Path:
     return settings.cache_dir / "train" / task_id
+
+
+def _state_key(task_id: str) -> str:
+    """Where the epoch checkpoint is copied, so a task redelivered to another machine resumes too."""
+    return f"training/{task_id}/last.pt"
+
+
+def _restore_state(ctx: JobContext, task_id: str) -> Path:
+    """The local training dir, holding the newest epoch checkpoint (from the store if not here)."""
+    directory = _train_dir(ctx.settings, task_id)
+    local = directory / "last.pt"
+    if not local.exists() and ctx.store.exists(_state_key(task_id)):
+        directory.mkdir(parents=True, exist_ok=True)
+        ctx.store.download(_state_key(task_id), local)
+    return directory
+
+
+def _clean_up(ctx: JobContext, task_id: str) -> None:
+    shutil.rmtree(_train_dir(ctx.settings, task_id), ignore_errors=True)
+    ctx.store.delete(_state_key(task_id))
 
 
 def _hyperparameters_given(plan: StepPlan) -> dict:
@@ -113,8 +135,9 @@ def _run_step(ctx: JobContext, plan: StepPlan) -> int:
     )
     trained = train(
         model, method, _train_dataset(ctx, plan), config, teacher=teacher, class_map=names,
-        checkpoint_dir=_train_dir(ctx.settings, plan.task_id),
+        checkpoint_dir=_restore_state(ctx, plan.task_id),
         on_progress=_ProgressWriter(ctx, plan.task_id), should_cancel=_CancelCheck(ctx, plan.task_id),
+        on_checkpoint=lambda path: ctx.store.put_file(_state_key(plan.task_id), path),
     )
     scores = score_classes(trained, plan.class_map, _scoring_sets(ctx, plan), int(plan.spec["image_size"]), device)
     return _record(ctx, plan, trained.cpu(), names, scores, method.name)

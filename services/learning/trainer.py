@@ -115,6 +115,7 @@ def train(
     checkpoint_dir: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> SegModel:
     """Train ``model`` in place with ``method`` on ``dataset`` and return it (on the device, eval mode).
 
@@ -124,6 +125,7 @@ def train(
     class_map: name of every output channel 0..C-1, stored in the checkpoints.
     checkpoint_dir: where ``last.pt`` is written after every epoch; when it already holds one,
         training resumes from it (same config and data required) to the same result.
+    on_checkpoint: called with the path of each epoch checkpoint once it is written.
     """
     class_map = check_class_map(class_map, model.num_classes)
     n_images = len(dataset)  # type: ignore[arg-type]
@@ -177,7 +179,9 @@ def train(
                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                      "rng": capture_rng_state()}
-            save_training_state(checkpoint_dir, state)
+            saved = save_training_state(checkpoint_dir, state)
+            if on_checkpoint is not None:
+                on_checkpoint(saved)  # e.g. copy it off the machine, so any worker can resume
         log.info("epoch %d/%d done", epoch + 1, config.epochs)
     model.eval()
     return model

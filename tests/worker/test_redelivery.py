@@ -1,9 +1,11 @@
 """A worker killed mid-training (SIGKILL: no clean shutdown) loses nothing: a new worker picks the
-task up again, resumes from the last epoch checkpoint and produces exactly one version."""
+task up again, resumes from the last epoch checkpoint (copied to the object store, so this works
+across machines) and produces exactly one version."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -42,15 +44,17 @@ def test_killed_worker_task_resumes_and_yields_one_version(client, prepared, adm
     try:
         # Wait until at least one epoch is checkpointed, then kill the worker without warning.
         wait_task(client, h, task["id"], until=("running",), timeout_s=120)
-        checkpoint = prepared.cache_dir / "train" / task["id"] / "last.pt"
+        store, state_key = client.app.state.strata.store, f"training/{task['id']}/last.pt"
         for _ in range(600):
-            if checkpoint.exists() or client.get(f"/tasks/{task['id']}", headers=h).json()["status"] != "running":
+            if store.exists(state_key) or client.get(f"/tasks/{task['id']}", headers=h).json()["status"] != "running":
                 break
             time.sleep(0.2)
-        assert checkpoint.exists(), log.read_text()
+        assert store.exists(state_key), log.read_text()
     finally:
         stop(first, signal.SIGKILL)
     assert client.get(f"/tasks/{task['id']}", headers=h).json()["status"] == "running"
+    # As if the next worker ran on another machine: no local copy, only the one in the object store.
+    shutil.rmtree(prepared.cache_dir / "train" / task["id"])
 
     second = start_worker(prepared, log)
     try:
@@ -61,3 +65,4 @@ def test_killed_worker_task_resumes_and_yields_one_version(client, prepared, adm
     assert done["attempts"] == 2 and done["progress"]["resumed_from_epoch"] >= 1
     versions = client.get("/models", headers=h).json()
     assert [v["version"] for v in versions] == [1] and versions[0]["task_id"] == task["id"]
+    assert not store.exists(state_key), "the epoch checkpoint outlived the task"
