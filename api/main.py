@@ -7,7 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.routes import health, workers
+from api.metrics import install_metrics
+from api.routes import classes, health, keys, models, workers
+from api.limits import UploadLimitMiddleware
+from api.routes import segment, tasks
 from api.state import AppState
 from services.config import Settings, get_settings
 
@@ -17,10 +20,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.strata = AppState.open(settings)
+        app.state.strata = AppState.open(settings, on_inference_batch=app.state.metrics.observe_inference_batch)
+        await app.state.strata.inference.start()  # loads the production model in the background
         try:
             yield
         finally:
+            await app.state.strata.inference.stop()
             app.state.strata.close()
 
     app = FastAPI(
@@ -31,6 +36,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(workers.router)
+    install_metrics(app)  # GET /metrics and the request-latency middleware
+    app.include_router(keys.router)
+    app.include_router(models.router)
+    app.include_router(classes.router)
+    app.include_router(tasks.router)
+    app.include_router(segment.router)
+    app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     return app
 
 

@@ -1,8 +1,10 @@
-"""What the API process holds open: one engine, one store, one Celery client."""
+"""What the API process holds open: one engine, one store, one Celery client, the inference service."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 from sqlalchemy import Engine
@@ -10,6 +12,7 @@ from sqlalchemy.orm import sessionmaker
 
 from services.config import Settings
 from services.db.session import make_engine, make_session_factory
+from services.inference.service import InferenceService
 from services.storage import ObjectStore, open_store
 from worker.app import create_celery
 
@@ -21,16 +24,21 @@ class AppState:
     sessions: sessionmaker
     store: ObjectStore
     celery: Celery
+    inference: InferenceService
 
     @classmethod
-    def open(cls, settings: Settings) -> "AppState":
+    def open(cls, settings: Settings, on_inference_batch: Callable[[int], Any] | None = None) -> "AppState":
+        """on_inference_batch: called with the size of every inference batch (for metrics)."""
         engine = make_engine(settings)
+        sessions = make_session_factory(engine)
+        store = open_store(settings)
         return cls(
             settings=settings,
             engine=engine,
-            sessions=make_session_factory(engine),
-            store=open_store(settings),
+            sessions=sessions,
+            store=store,
             celery=create_celery(settings),
+            inference=InferenceService(settings, sessions, store, on_batch=on_inference_batch),
         )
 
     def close(self) -> None:

@@ -30,16 +30,20 @@ def _probe(check: Callable[[], None]) -> str | None:
 
 @router.get("/readyz", responses={503: {"description": "a dependency is not ready; `failing` names it"}})
 def readyz(state: StateDep) -> JSONResponse:
-    """Database reachable with its schema at head, object store and broker reachable."""
+    """Database reachable with its schema at head, object store and broker reachable, and the
+    production model loaded. With no model trained yet the service is ready and ``checks.model``
+    says so; while a production version exists but is not loaded yet, ``model`` is failing."""
+    model_ready, model_note = state.inference.ready()
     problems = {
         "database": _probe(lambda: check_database(state.engine)),
         "object_store": _probe(state.store.check),
         "broker": _probe(lambda: check_broker(state.celery)),
+        "model": None if model_ready else model_note,
     }
     failing = [name for name, problem in problems.items() if problem]
     body = {
         "status": "unavailable" if failing else "ready",
         "failing": failing,
-        "checks": {name: problem or "ok" for name, problem in problems.items()},
+        "checks": {**{name: problem or "ok" for name, problem in problems.items()}, "model": model_note},
     }
     return JSONResponse(body, status_code=503 if failing else 200)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from api.deps import AdminDep, ReaderDep, SessionDep, SettingsDep
+from api.deps import AdminDep, ReaderDep, SessionDep, SettingsDep, StateDep
 from api.schemas.models import LegendEntry, ModelDetail, ModelSummary, Promoted
 from services.db.models import ModelVersion
 from services.registry.aliases import PRODUCTION, aliases_by_version, promote
@@ -63,7 +63,7 @@ def get_model(version: str, session: SessionDep, settings: SettingsDep, _: Reade
 
 
 @router.post("/{version}/promote", response_model=Promoted, responses=NOT_FOUND)
-def promote_model(version: str, session: SessionDep, _: AdminDep) -> dict:
+def promote_model(version: str, session: SessionDep, state: StateDep, _: AdminDep) -> dict:
     """Point ``production`` at this version; promoting an older version is a rollback."""
     try:
         row = resolve_version(session, version)
@@ -71,6 +71,7 @@ def promote_model(version: str, session: SessionDep, _: AdminDep) -> dict:
     except VersionNotFound as err:
         raise _not_found(err) from None
     session.commit()
+    state.inference.refresh()  # load and swap in the new production model now, not at the next poll
     return {"alias": PRODUCTION, "version": row.version, "previous": previous}
 
 

@@ -1,0 +1,115 @@
+"""POST /segment: one image in, its mask of global class indices out.
+
+The image is decoded and the mask PNG encoded in the thread pool; the forward runs on the
+version's batcher thread, batched with concurrent requests. The event loop only waits.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated
+
+from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile, status
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import InferDep, StateDep
+from services.inference.errors import (
+    ImageTooLarge,
+    InferenceError,
+    ModelUnavailable,
+    NoModelYet,
+    NoProductionVersion,
+    NotAnImage,
+)
+from services.inference.images import class_pixel_counts, decode_image, encode_mask_png
+from services.inference.service import Segmentation
+from services.registry.errors import VersionNotFound
+
+router = APIRouter(tags=["inference"])
+PNG = "image/png"
+
+
+class SegmentResult(BaseModel):
+    model_version: int = Field(description="The version that produced the mask.")
+    width: int
+    height: int
+    classes: dict[str, int] = Field(description="Pixel count of each class present in the mask, by class name.")
+    mask_png: str = Field(description=(
+        "Base64 of an 8-bit palette PNG at the input's size: each pixel's value is its global class index "
+        "(see GET /models/{version}/classes), the palette the classes' legend colours."))
+
+
+_STATUS: list[tuple[type[Exception], int]] = [
+    (VersionNotFound, status.HTTP_404_NOT_FOUND),
+    (NotAnImage, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (ImageTooLarge, status.HTTP_413_CONTENT_TOO_LARGE),
+    (NoModelYet, status.HTTP_409_CONFLICT),
+    (NoProductionVersion, status.HTTP_409_CONFLICT),
+    (ModelUnavailable, status.HTTP_503_SERVICE_UNAVAILABLE),
+]
+
+
+def _http_error(err: Exception) -> HTTPException:
+    code = next(c for kind, c in _STATUS if isinstance(err, kind))
+    return HTTPException(code, str(err))
+
+
+def _wants_png(request: Request) -> bool:
+    """True when the Accept header asks for image/png (with a non-zero quality)."""
+    for part in request.headers.get("accept", "").split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        if media.lower() == PNG:
+            quality = next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1")
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return True
+    return False
+
+
+@router.post(
+    "/segment",
+    response_model=SegmentResult,
+    responses={
+        200: {"content": {PNG: {}}, "description": "JSON, or with `Accept: image/png` the mask PNG itself "
+                                                   "(header X-Model-Version names the version)"},
+        404: {"description": "no such version or alias"},
+        409: {"description": "no model has been trained (or promoted) yet"},
+        413: {"description": "the image has more pixels than STRATA_MAX_IMAGE_PIXELS"},
+        422: {"description": "the upload is not an image"},
+        503: {"description": "the version exists but cannot be loaded"},
+    },
+)
+async def segment(
+    request: Request,
+    state: StateDep,
+    _: InferDep,
+    image: Annotated[UploadFile, File(description="The image to segment (PNG, JPEG, ...).")],
+    version: Annotated[str | None, Query(description="A version number or alias; default: production.")] = None,
+) -> Response:
+    """Segment one image with the production model (or ``version``)."""
+    data = await image.read()
+    try:
+        decoded = await run_in_threadpool(decode_image, data, state.settings.max_image_pixels,
+                                          image.filename or "image")
+        result = await state.inference.predict(decoded, version)
+    except (InferenceError, VersionNotFound) as err:
+        raise _http_error(err) from None
+    if _wants_png(request):
+        png = await run_in_threadpool(encode_mask_png, result.mask)
+        return Response(png, media_type=PNG, headers={"X-Model-Version": str(result.version)})
+    return await run_in_threadpool(_as_json, result)
+
+
+def _as_json(result: Segmentation) -> Response:
+    """The JSON answer, serialised here in the thread pool (counting and encoding a large mask take
+    a while, and the event loop should only wait)."""
+    height, width = result.mask.shape
+    body = SegmentResult(
+        model_version=result.version, width=width, height=height,
+        classes=class_pixel_counts(result.mask, result.class_names),
+        mask_png=base64.b64encode(encode_mask_png(result.mask)).decode("ascii"),
+    )
+    return Response(body.model_dump_json(), media_type="application/json")

@@ -1,0 +1,68 @@
+"""Images in and masks out: decoding an upload, encoding a mask as an 8-bit index PNG.
+
+The mask PNG is palette-mode ("P"): each pixel's value is its GLOBAL class index (what
+``np.asarray(Image.open(png))`` returns), and the palette gives every class its fixed legend
+colour, so the file also displays as a coloured segmentation.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from services.inference.errors import ImageTooLarge, NotAnImage
+from services.registry.classes import class_colour
+
+# zlib level 1: a mask is mostly long runs, so it is nearly as small as at level 6 and much faster.
+PNG_COMPRESS_LEVEL = 1
+_PALETTE = bytes(c for i in range(256) for c in (class_colour(i) if i < 255 else (255, 255, 255)))
+
+
+def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
+    """Decode an uploaded image fully; its size is checked from the header before decoding.
+
+    Raises NotAnImage (unrecognised, corrupt or truncated) or ImageTooLarge (over ``max_pixels``).
+    """
+    if not data:
+        raise NotAnImage(f"{name!r} is empty: send an image file (PNG, JPEG, ...)")
+    try:
+        im = Image.open(io.BytesIO(data))
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"{name!r} is {width}x{height} = {width * height} pixels, over the limit of "
+                f"{max_pixels} (STRATA_MAX_IMAGE_PIXELS)")
+        im.load()
+    except UnidentifiedImageError:
+        raise NotAnImage(f"{name!r} is not an image (no decoder recognises it)") from None
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(f"{name!r} is too large: {err}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        if isinstance(err, ImageTooLarge):
+            raise
+        raise NotAnImage(f"{name!r} cannot be decoded as an image (corrupt or truncated?): {err}") from None
+    return im
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """uint8 [H, W] of global class indices -> PNG bytes (palette mode, values = indices)."""
+    if mask.dtype != np.uint8 or mask.ndim != 2:
+        raise ValueError(f"a mask is uint8 [H, W], got {mask.dtype} {list(mask.shape)}")
+    im = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask).tobytes())
+    im.putpalette(_PALETTE)
+    out = io.BytesIO()
+    im.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return out.getvalue()
+
+
+def class_pixel_counts(mask: np.ndarray, names: Mapping[int, str]) -> dict[str, int]:
+    """{class name: pixel count} for the classes present in ``mask`` (uint8 [H, W]), by index."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    present = np.flatnonzero(counts)
+    unknown = [int(i) for i in present if int(i) not in names]
+    if unknown:
+        raise ValueError(f"mask holds values {unknown} that are not classes of the model")
+    return {names[int(i)]: int(counts[i]) for i in present}

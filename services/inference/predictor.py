@@ -1,0 +1,156 @@
+"""One model version, loaded and ready to segment: ``Predictor``.
+
+A predictor turns PIL images into masks of GLOBAL class indices at each image's own size:
+``eval_preprocess`` (the evaluation's own preprocessing) to the version's ``image_size``, one
+batched forward, argmax over channels, channel -> global index through a lookup table (the model's
+channel ch is global class ``sorted(class_map)[ch]``), NEAREST resize back to the input size.
+
+The checkpoint is downloaded to ``{cache_dir}/checkpoints/{version}/model.pt`` (reused when its
+sha256 matches the registry's) and loaded with that sha256 checked: a version is immutable, and
+the bytes served must be the bytes recorded. On CUDA the model runs channels_last under autocast
+(bf16, or fp16 where bf16 is unsupported); on the CPU in float32. Nothing here touches CUDA at
+import time: the device is resolved when a predictor is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from services.data.transforms import as_hw, eval_preprocess
+from services.db.models import ModelVersion
+from services.inference.errors import ModelLoadError
+from services.jobs.classes import channel_names, channels_of
+from services.jobs.data import fetch
+from services.learning.checkpoint import load_model
+from services.learning.trainer import autocast_dtype, resolve_device
+from services.learning.zoo import SegModel
+from services.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """What serving a version needs from its registry row (plain values: no session attached)."""
+
+    version: int
+    architecture: str
+    class_map: dict[int, str]  # global index -> name
+    image_size: tuple[int, int]  # (height, width) the model was trained and evaluated at
+    checkpoint_key: str
+    checkpoint_sha256: str
+
+    @classmethod
+    def from_row(cls, row: ModelVersion) -> "VersionSpec":
+        size = (row.hyperparameters or {}).get("image_size")
+        if size is None:
+            raise ModelLoadError(
+                f"model version {row.version} has no image_size in its hyperparameters: cannot preprocess for it")
+        try:
+            hw = as_hw(size if isinstance(size, int) else tuple(size))
+        except (TypeError, ValueError) as err:
+            raise ModelLoadError(f"model version {row.version} has an invalid image_size {size!r}: {err}") from None
+        return cls(
+            version=row.version, architecture=row.architecture,
+            class_map={int(k): str(v) for k, v in row.class_map.items()}, image_size=hw,
+            checkpoint_key=row.checkpoint_key, checkpoint_sha256=row.checkpoint_sha256,
+        )
+
+
+def checkpoint_path(cache_dir: Path, version: int) -> Path:
+    """Where a version's checkpoint is cached locally (the worker uses the same place)."""
+    return Path(cache_dir) / "checkpoints" / str(version) / "model.pt"
+
+
+class Predictor:
+    """One loaded version: model (eval, on its device), image size and channel -> index table."""
+
+    def __init__(self, spec: VersionSpec, model: SegModel, device: torch.device | str = "cpu") -> None:
+        if model.num_classes != len(spec.class_map):
+            raise ModelLoadError(
+                f"model version {spec.version}: the checkpoint has {model.num_classes} channels but the registry "
+                f"lists {len(spec.class_map)} classes")
+        self.spec = spec
+        self.version = spec.version
+        self.image_size = spec.image_size
+        self.class_names = dict(spec.class_map)
+        self.device = torch.device(device)
+        self.amp_dtype = autocast_dtype(self.device, amp=True)
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        self.model = model.eval().to(self.device, memory_format=self.memory_format)
+        # uint8 [C]: channel -> global class index (indices are < 255 by the classes table's CHECK).
+        self.channel_to_index = torch.tensor(channels_of(spec.class_map), dtype=torch.uint8, device=self.device)
+
+    # --- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, spec: VersionSpec, store: ObjectStore, cache_dir: Path, device: str = "auto") -> "Predictor":
+        """Download (or reuse) the checkpoint, load it with its sha256 checked, warm it up."""
+        started = time.perf_counter()
+        path = checkpoint_path(cache_dir, spec.version)
+        try:
+            fetch(store, spec.checkpoint_key, spec.checkpoint_sha256, path)
+            loaded = load_model(path, expected_sha256=spec.checkpoint_sha256)
+        except Exception as err:  # missing object, corrupt file, checksum mismatch, unreadable checkpoint
+            raise ModelLoadError(f"model version {spec.version} cannot be loaded: {err}") from err
+        _check_matches_registry(spec, loaded.model, loaded.class_map)
+        predictor = cls(spec, loaded.model, resolve_device(device))
+        predictor.warm_up()
+        log.info("loaded model version %s (%s, %s classes, image size %s) on %s in %.2f s", spec.version,
+                 spec.architecture, len(spec.class_map), spec.image_size, predictor.device,
+                 time.perf_counter() - started)
+        return predictor
+
+    def warm_up(self, batch_size: int = 1) -> None:
+        """One forward on a blank batch, so the first request does not pay for lazy initialisation."""
+        h, w = self.image_size
+        self._forward(torch.zeros(batch_size, 3, h, w))
+
+    # --- inference -------------------------------------------------------------------------
+    def predict_batch(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        """Masks of global class indices, uint8 [H_i, W_i], one per image at that image's size."""
+        if not images:
+            return []
+        batch = torch.stack([eval_preprocess(im, self.image_size) for im in images])  # [N, 3, h, w]
+        masks = self._forward(batch).numpy()  # [N, h, w] uint8
+        return [_resize_nearest(mask, im.size) for mask, im in zip(masks, images)]
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """[N, 3, h, w] normalised -> uint8 [N, h, w] global class indices, on the CPU."""
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with torch.inference_mode(), _autocast(self.device, self.amp_dtype):
+            logits = self.model(x).logits  # [N, C, h, w]
+            indices = self.channel_to_index[logits.argmax(dim=1)]  # [N, h, w]
+        return indices.cpu()
+
+
+def _check_matches_registry(spec: VersionSpec, model: SegModel, checkpoint_names: Mapping[int, str]) -> None:
+    """The checkpoint must be the model the registry describes: same architecture and classes."""
+    if model.arch != spec.architecture:
+        raise ModelLoadError(
+            f"model version {spec.version}: the checkpoint is a {model.arch}, the registry says {spec.architecture}")
+    expected = channel_names(spec.class_map)
+    if dict(checkpoint_names) != expected:
+        raise ModelLoadError(
+            f"model version {spec.version}: the checkpoint's channels name {dict(checkpoint_names)}, the registry's "
+            f"class map gives {expected}")
+
+
+def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [h, w] -> uint8 [H, W] for PIL ``size`` (W, H); NEAREST, so indices are never blended."""
+    if (mask.shape[1], mask.shape[0]) == tuple(size):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return torch.autocast(device_type="cpu", enabled=False)
+    return torch.autocast(device_type=device.type, dtype=dtype)

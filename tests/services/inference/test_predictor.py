@@ -1,0 +1,152 @@
+"""Predictor: masks of global class indices at each input's size, the evaluation's preprocessing,
+and checkpoints loaded only with the registry's sha256."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from services.data.transforms import eval_preprocess
+from services.inference.errors import ModelLoadError
+from services.inference.predictor import Predictor, VersionSpec, checkpoint_path
+from services.jobs.classes import channels_of
+from services.learning.checkpoint import save_model, sha256_file
+from services.learning.zoo import build_model
+from services.storage import FilesystemStore
+from tests.services.inference.helpers import ARCH, constant_model, random_image
+
+# Global indices are not the channels: channel 0 -> 0, 1 -> 2, 2 -> 5.
+CLASS_MAP = {0: "background", 2: "dog", 5: "fish"}
+
+
+def spec(version: int = 1, sha256: str = "0" * 64, image_size: int = 32, class_map=CLASS_MAP) -> VersionSpec:
+    return VersionSpec(version=version, architecture=ARCH, class_map=dict(class_map),
+                       image_size=(image_size, image_size),
+                       checkpoint_key=f"checkpoints/{version}/model.pt", checkpoint_sha256=sha256)
+
+
+@pytest.fixture
+def store(tmp_path) -> FilesystemStore:
+    s = FilesystemStore(tmp_path / "objects")
+    s.ensure_ready()
+    return s
+
+
+def upload(store, tmp_path, model, class_map=CLASS_MAP, version: int = 1) -> str:
+    """save_model + put_file as the worker does; returns the sha256."""
+    local = tmp_path / f"upload-{version}.pt"
+    names = {ch: class_map[idx] for ch, idx in enumerate(channels_of(class_map))}
+    digest = save_model(local, model, names)
+    store.put_file(f"checkpoints/{version}/model.pt", local)
+    return digest
+
+
+@pytest.mark.parametrize("winner, expected_index", [(0, 0), (1, 2), (2, 5)])
+def test_masks_hold_global_indices_at_each_inputs_size(winner, expected_index):
+    predictor = Predictor(spec(), constant_model(3, winner))
+    images = [random_image(20, 10, seed=1), random_image(33, 47, seed=2), random_image(32, 32, seed=3)]
+    masks = predictor.predict_batch(images)
+    assert [m.shape for m in masks] == [(10, 20), (47, 33), (32, 32)]
+    for mask in masks:
+        assert mask.dtype == np.uint8
+        assert np.all(mask == expected_index)
+
+
+def test_prediction_is_the_evaluations_argmax_resized_nearest():
+    """Same preprocessing as evaluation; the mask is the argmax at image_size, mapped and resized."""
+    torch.manual_seed(0)
+    model = build_model(ARCH, 3).eval()
+    predictor = Predictor(spec(image_size=48), model)
+    image = random_image(96, 72, seed=4)
+    with torch.no_grad():
+        logits = model(eval_preprocess(image, 48).unsqueeze(0)).logits  # [1, 3, 48, 48]
+    channels = logits.argmax(1)[0].numpy()
+    expected_small = np.array(channels_of(CLASS_MAP), dtype=np.uint8)[channels]  # [48, 48]
+    mask = predictor.predict_batch([image])[0]
+    assert mask.shape == (72, 96)
+    # NEAREST from 48 to 96 wide / 72 high: output pixel (y, x) samples (floor(y * 48 / 72), floor(x / 2)).
+    ys = (np.arange(72) * 48 // 72)
+    xs = (np.arange(96) * 48 // 96)
+    assert np.array_equal(mask, expected_small[np.ix_(ys, xs)])
+    assert set(np.unique(mask)) <= {0, 2, 5}
+
+
+def test_a_batch_answers_like_single_images():
+    torch.manual_seed(1)
+    predictor = Predictor(spec(), build_model(ARCH, 3))
+    images = [random_image(40, 30, seed=s) for s in range(4)]
+    batched = predictor.predict_batch(images)
+    for image, mask in zip(images, batched):
+        assert np.array_equal(predictor.predict_batch([image])[0], mask)
+    assert predictor.predict_batch([]) == []
+
+
+def test_load_downloads_checks_and_reuses_the_cached_checkpoint(store, tmp_path):
+    digest = upload(store, tmp_path, constant_model(3, 2))
+    cache = tmp_path / "cache"
+    predictor = Predictor.load(spec(sha256=digest), store, cache, device="cpu")
+    path = checkpoint_path(cache, 1)
+    assert path == cache / "checkpoints" / "1" / "model.pt" and sha256_file(path) == digest
+    assert np.all(predictor.predict_batch([random_image(8, 8)])[0] == 5)
+    assert predictor.device.type == "cpu" and predictor.amp_dtype is None
+    # The cached file matches: no download needed any more.
+    store.delete("checkpoints/1/model.pt")
+    assert Predictor.load(spec(sha256=digest), store, cache, device="cpu").version == 1
+
+
+def test_a_corrupt_cached_file_is_downloaded_again(store, tmp_path):
+    digest = upload(store, tmp_path, constant_model(3, 1))
+    cache = tmp_path / "cache"
+    path = checkpoint_path(cache, 1)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not the checkpoint")
+    Predictor.load(spec(sha256=digest), store, cache, device="cpu")
+    assert sha256_file(path) == digest
+
+
+def test_a_checkpoint_whose_sha256_differs_from_the_registry_is_refused(store, tmp_path):
+    upload(store, tmp_path, constant_model(3, 1))
+    with pytest.raises(ModelLoadError, match=r"model version 1 cannot be loaded: .*sha256"):
+        Predictor.load(spec(sha256="ab" * 32), store, tmp_path / "cache", device="cpu")
+    assert not checkpoint_path(tmp_path / "cache", 1).exists()
+
+
+def test_a_tampered_cached_file_never_reaches_the_model(store, tmp_path, monkeypatch):
+    """Even when the download step is bypassed, load_model checks the sha256 itself."""
+    digest = upload(store, tmp_path, constant_model(3, 1))
+    other = upload(store, tmp_path, constant_model(3, 2), version=2)
+    cache = tmp_path / "cache"
+    path = checkpoint_path(cache, 1)
+    store.download("checkpoints/2/model.pt", path)  # the wrong model in version 1's place
+    monkeypatch.setattr("services.inference.predictor.fetch", lambda *a, **k: path)
+    with pytest.raises(ModelLoadError, match=f"has sha256 {other}, expected {digest}"):
+        Predictor.load(spec(sha256=digest), store, cache, device="cpu")
+
+
+def test_a_checkpoint_that_is_not_the_registrys_model_is_refused(store, tmp_path):
+    digest = upload(store, tmp_path, constant_model(3, 1), class_map={0: "background", 2: "cat", 5: "fish"})
+    with pytest.raises(ModelLoadError, match="channels name"):
+        Predictor.load(spec(sha256=digest), store, tmp_path / "cache", device="cpu")
+    with pytest.raises(ModelLoadError, match="4 classes"):
+        Predictor(spec(class_map={0: "background", 1: "a", 2: "b", 3: "c"}), constant_model(3, 0))
+
+
+def test_a_missing_checkpoint_names_the_version(store, tmp_path):
+    with pytest.raises(ModelLoadError, match="model version 1 cannot be loaded"):
+        Predictor.load(spec(), store, tmp_path / "cache", device="cpu")
+
+
+def test_spec_needs_an_image_size():
+    from services.db.models import ModelVersion
+
+    row = ModelVersion(version=3, architecture=ARCH, class_map={"0": "background", "4": "x"}, hyperparameters={},
+                       checkpoint_key="k", checkpoint_sha256="0" * 64)
+    with pytest.raises(ModelLoadError, match="model version 3 has no image_size"):
+        VersionSpec.from_row(row)
+    row.hyperparameters = {"image_size": [24, 40]}
+    s = VersionSpec.from_row(row)
+    assert s.image_size == (24, 40) and s.class_map == {0: "background", 4: "x"}
+    row.hyperparameters = {"image_size": 0}
+    with pytest.raises(ModelLoadError, match="invalid image_size 0"):
+        VersionSpec.from_row(row)
