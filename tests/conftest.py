@@ -9,6 +9,7 @@ Outside CI a missing server skips its tests; with CI=true it fails them.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
@@ -165,13 +166,14 @@ def worker_process(prepared):
     log = prepared.data_dir / "worker.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(worker_command(prepared), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=Path(__file__).resolve().parents[1])
+                                cwd=Path(__file__).resolve().parents[1], start_new_session=True)
     yield proc
-    proc.terminate()
+    # The whole process group: a Celery parent killed alone would leave its pool child behind.
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     print(log.read_text(errors="replace")[-4000:])  # shown by pytest only when a test fails
 
