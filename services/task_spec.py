@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from services.data.upload import UploadRejected, listed
-from services.learning.names import ARCHITECTURES, METHODS
+from services.learning.names import ARCHITECTURES, SERVICE_METHODS
 
 BACKGROUND_NAME = "background"
 DEFAULT_MODEL = "deeplabv3_resnet101"  # the papers' network
@@ -72,7 +72,7 @@ class TaskSpec(BaseModel):
 
     classes: list[str] = Field(min_length=1, max_length=254,
                                description="New class names, in the order the mask values use (1, 2, ...).")
-    method: str | None = Field(None, description=f"One of {', '.join(METHODS)}; default: the engine's best.")
+    method: str | None = Field(None, description=f"One of {', '.join(SERVICE_METHODS)}; default: the engine's best.")
     epochs: int = Field(30, ge=1, le=1000)
     image_size: int = Field(512, ge=32, le=2048, description="Training crop size in pixels.")
     batch_size: int = Field(8, ge=1, le=256)
@@ -99,8 +99,9 @@ class TaskSpec(BaseModel):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str | None) -> str | None:
-        if v is not None and v not in METHODS:
-            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(METHODS)}")
+        if v is not None and v not in SERVICE_METHODS:
+            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(SERVICE_METHODS)} "
+                             "(joint needs every earlier step's images, which the service does not keep)")
         return v
 
     @field_validator("model")

@@ -108,6 +108,7 @@ def leftovers(env) -> tuple[int, int, int, int]:
     ({"classes": ["a"], "epochs": 0}, "epochs: Input should be greater than or equal to 1"),
     ({"classes": ["a"], "val_fraction": 0.95}, "val_fraction: Input should be less than 0.9"),
     ({"classes": ["a"], "method": "magic"}, "unknown method 'magic'"),
+    ({"classes": ["a"], "method": "joint"}, "joint needs every earlier step's images"),
     ({"classes": ["a"], "model": "resnet9000"}, "unknown model 'resnet9000'"),
     ({"classes": ["a"], "colour": "red"}, "colour: unknown key"),
     ({"classes": ["a"], "mask_format": "palette"}, "needs a palette"),
