@@ -62,7 +62,7 @@ class ModelDetail(ModelSummary):
     forgetting: dict[str, float] = Field(description="Per old class: parent IoU minus this IoU, by name.")
     classes: list[ClassScore]
     promotion: PromotionDecision = Field(
-        description="The promotion policy applied now (current settings and production alias).")
+        description="The promotion policy's decision when this version was recorded, with its reasons.")
 
 
 class Promoted(BaseModel):

@@ -151,6 +151,9 @@ class ModelVersion(Base):
     miou_old: Mapped[float | None]
     miou_new: Mapped[float | None]
     miou_all: Mapped[float | None]
+    # The promotion policy's decision when the version was recorded, with its reasons (a version's
+    # record never changes: this says why it did or did not become production at that moment).
+    promotion: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     metrics: Mapped[list[ClassMetric]] = relationship(

@@ -65,6 +65,10 @@ class PromotionDecision:
     worst_old_class: int | None = None
     worst_old_class_drop_points: float | None = None
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PromotionDecision":
+        return cls(**{**d, "reasons": tuple(d["reasons"])})
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "promote": self.promote, "summary": self.summary, "reasons": list(self.reasons),

@@ -53,7 +53,9 @@ def describe_version(session: Session, settings: Settings, ref: str | int) -> Ve
         lineage=[v.version for v in chain],
         classes=_class_reports(row, chain, set(old)),
         aliases=aliases_by_version(session).get(row.version, []),
-        promotion=decide(PromotionPolicy.from_settings(settings), candidate),
+        # The decision taken when the version was recorded; older rows have none stored.
+        promotion=(PromotionDecision.from_dict(row.promotion) if row.promotion
+                   else decide(PromotionPolicy.from_settings(settings), candidate)),
     )
 
 

@@ -123,6 +123,7 @@ def record_version(
     task.model_version = row.version
     candidate = Candidate(row.version, parent_version, get_alias(session, PRODUCTION), old, ious, parent_ious, classes)
     decision = decide(PromotionPolicy.from_settings(settings or get_settings()), candidate)
+    row.promotion = decision.as_dict()
     set_alias(session, LATEST, row.version)
     if decision.promote:
         set_alias(session, PRODUCTION, row.version)

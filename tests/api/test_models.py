@@ -102,13 +102,13 @@ def test_classes(client, reader, lineage):
 
 
 def test_detail_reflects_the_settings_of_the_app(prepared):
-    """A lenient threshold in the app's settings turns v3 into a promotable version."""
+    """A lenient threshold in the settings the versions were recorded under makes v3 promotable."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
 
     lenient = prepared.model_copy(update={"promote_max_old_miou_drop": 20.0})
     with TestClient(create_app(lenient)) as c:
-        seed_lineage(c.app.state.strata.sessions, prepared)
+        seed_lineage(c.app.state.strata.sessions, lenient)
         p = c.get("/models/3", headers=bearer(make_key(c, ["infer"]))).json()["promotion"]
     assert p["promote"] is True and any("within the limit of 20" in r for r in p["reasons"])

@@ -246,12 +246,17 @@ def test_promotion_and_rollback_move_production(sessions, prepared):
             resolve_version(s, "staging")
 
 
-def test_shown_decision_is_recomputed_with_current_settings(sessions, prepared):
+def test_shown_decision_is_the_one_taken_when_the_version_was_recorded(sessions, prepared):
     seed_lineage(sessions, prepared)
     lenient = prepared.model_copy(update={"promote_max_old_miou_drop": 20.0})
     with sessions() as s:
         assert not describe_version(s, prepared, 3).promotion.promote
-        assert describe_version(s, lenient, 3).promotion.promote
+        # A later change of settings does not rewrite history: v3 was held back under 5 points.
+        assert not describe_version(s, lenient, 3).promotion.promote
+    with session_scope(sessions) as s:
+        get_version(s, 3).promotion = None  # a version recorded before decisions were stored
+    with sessions() as s:
+        assert describe_version(s, lenient, 3).promotion.promote  # recomputed, with today's settings
         assert describe_version(s, prepared, "latest").version.version == 3
         assert describe_version(s, prepared, 2).aliases == ["production"]
 
