@@ -17,13 +17,17 @@ log = logging.getLogger(__name__)
 
 
 class UploadLimitMiddleware:
-    """Pure ASGI middleware: 413 for any HTTP request body over ``max_bytes``."""
+    """Pure ASGI middleware: 413 for any HTTP request body over ``max_bytes``.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, setting: str = "STRATA_MAX_UPLOAD_BYTES") -> None:
-        self.app, self.max_bytes, self.setting = app, max_bytes, setting
+    paths: only requests to these paths (default: all) — e.g. a tighter limit for /segment,
+    whose form FastAPI parses before the auth dependency runs."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, setting: str = "STRATA_MAX_UPLOAD_BYTES",
+                 paths: tuple[str, ...] | None = None) -> None:
+        self.app, self.max_bytes, self.setting, self.paths = app, max_bytes, setting, paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.paths is not None and scope["path"] not in self.paths):
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)

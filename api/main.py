@@ -43,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(segment.router)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_image_bytes,
+                       setting="STRATA_MAX_IMAGE_BYTES", paths=("/segment",))
     return app
 
 

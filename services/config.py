@@ -52,6 +52,7 @@ class Settings(BaseSettings):
 
     # --- uploads and auth ------------------------------------------------------------------
     max_upload_bytes: int = Field(2 * 1024**3, ge=1024, description="Largest POST /tasks body (413 past it).")
+    max_image_bytes: int = Field(50 * 1024**2, ge=1024, description="Largest POST /segment body (413 past it).")
     max_archive_ratio: int = Field(200, ge=1, description="Zip bombs: largest decompressed/compressed ratio.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image accepted (width x height).")
     admin_key: str | None = Field(None, description="Embedded mode: the admin API key (generated if unset).")

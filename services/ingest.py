@@ -212,6 +212,12 @@ def plan(session: Session, spec: TaskSpec) -> _Plan:
     _check_names(session, spec)
     pending = latest_pending(session)
     production = production_version(session)
+    if pending is None and production is None and session.scalar(select(func.count()).select_from(ModelVersion)):
+        # Versions exist but none is production (e.g. auto-promotion off): starting a new base
+        # model here would silently drop every class learnt so far.
+        raise RegistrationConflict(
+            "no version is in production, so there is nothing to add classes to: promote one first "
+            "(POST /models/{version}/promote)")
     model = _resolve_model(session, spec.model, pending, production)
     method = spec.method or default_method()
     weights = spec.hyperparameters.model_dump(exclude_none=True)

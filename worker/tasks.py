@@ -6,12 +6,14 @@ import logging
 import os
 import socket
 
+from billiard.process import current_process
 from celery.signals import worker_process_init, worker_ready
 
 from services.config import get_settings
 from services.db.session import make_engine, make_session_factory, session_scope
 from services.heartbeats import record_heartbeat
 from worker.app import app
+from worker.gpus import device_for_child
 
 log = logging.getLogger(__name__)
 _sessions = None
@@ -20,9 +22,14 @@ RETRY_NOT_READY_S = 15
 
 @worker_process_init.connect
 def _fresh_resources_after_fork(**_: object) -> None:
-    """Each pool process opens its own database connections (never share them across fork)."""
+    """Each pool process opens its own database connections (never share them across fork) and
+    sees its own GPU (set before anything in it initialises CUDA)."""
     global _sessions
     _sessions = None
+    device = device_for_child(getattr(current_process(), "index", 0), get_settings().worker_concurrency,
+                              os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
 
 
 def sessions():

@@ -212,7 +212,7 @@ class InferenceService:
             if served is not None:
                 return served
             spec = spec or await asyncio.to_thread(self._spec_of, number)
-            await asyncio.wrap_future(self._load(spec))
+            await _wait(self._load(spec))
         raise ModelUnavailable(
             f"model version {number} was loaded but evicted again before it could answer: too many versions "
             f"in use at once for STRATA_INFERENCE_CACHE_SIZE={self.settings.inference_cache_size}")
@@ -285,7 +285,13 @@ class InferenceService:
                 return future
             future = self._loader.submit(self._load_now, spec)
             self._loading[spec.version] = future
+            future.add_done_callback(lambda f, v=spec.version: f.cancelled() and self._forget_loading(v, f))
         return future
+
+    def _forget_loading(self, version: int, future: Future) -> None:
+        with self._lock:
+            if self._loading.get(version) is future:
+                del self._loading[version]
 
     def _load_now(self, spec: VersionSpec) -> Served:
         """In a loader thread: download, load, warm up; then insert into the cache."""
@@ -366,7 +372,7 @@ class InferenceService:
             if view.spec is None:
                 return
             try:
-                served = await asyncio.wrap_future(self._load(view.spec))
+                served = await _wait(self._load(view.spec))
             except ModelUnavailable:
                 return  # recorded in _failed; ready() and requests report it; retried later
             with self._lock:
@@ -406,3 +412,9 @@ def _version_number(ref: str | int) -> int | None:
     if isinstance(ref, int):
         return ref
     return int(ref) if ref.isdigit() else None
+
+
+async def _wait(future: Future) -> Served:
+    """Await a shared load. Shielded: a cancelled request must not cancel the load that other
+    requests (and the production watcher) are waiting for too."""
+    return await asyncio.shield(asyncio.wrap_future(future))

@@ -72,7 +72,8 @@ def _alive(row: WorkerHeartbeat) -> bool:
         except ProcessLookupError:
             return False
         except PermissionError:
-            pass
+            return True  # exists, under another user
+        return True
     return utcnow() - row.last_seen < STALE_AFTER
 
 

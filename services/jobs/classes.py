@@ -29,16 +29,20 @@ def channel_names(class_map: Mapping[int | str, str]) -> dict[int, str]:
 def local_to_channel_lut(spec: Mapping, assigned: Mapping[str, int], class_map: Mapping[int | str, str]) -> np.ndarray:
     """uint8 [256]: a task's local mask value -> channel of ``class_map``'s model.
 
-    Local values of classes the model does not know (e.g. a class added by a later task, when
-    scoring an older version) become background: that is what those pixels were to it.
+    A new class of the task the model does not know becomes background (what those pixels are
+    to it). An ``also_labelled`` class the model does not know (e.g. its lineage was rolled back
+    past the task that added it) is ignored: those pixels are an object, just not one this model
+    has a channel for, and calling them background would teach it wrong.
     """
     position = {idx: ch for ch, idx in enumerate(channels_of(class_map))}
     by_name = {v: int(k) for k, v in class_map.items()}
     lut = np.zeros(256, dtype=np.uint8)
     lut[IGNORE] = IGNORE
-    local_names: Sequence[str] = [*spec["classes"], *spec.get("also_labelled", [])]
-    for local, name in enumerate(local_names, start=1):
+    new: Sequence[str] = spec["classes"]
+    for local, name in enumerate([*new, *spec.get("also_labelled", [])], start=1):
         index = assigned.get(name, by_name.get(name))
         if index is not None and index in position:
             lut[local] = position[index]
+        elif local > len(new):
+            lut[local] = IGNORE
     return lut

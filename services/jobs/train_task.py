@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from services.config import Settings
@@ -41,6 +42,7 @@ from services.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 1.0  # progress reaches the task row at most about once a second
+HEARTBEAT_S = 30.0  # well inside claim.STALE_AFTER
 
 
 class NotReady(Exception):
@@ -61,27 +63,57 @@ def run_training_task(ctx: JobContext, task_id: str) -> str:
         result = claim(session, task_id, ctx.worker_name)
         if result.claim is Claim.RUN:
             record_heartbeat(session, ctx.settings.training_queue, current_task_id=task_id)
-            plan = build_plan(session, task_id, result.parent_version)
     if result.claim is Claim.NOT_READY:
         raise NotReady(result.reason)
     if result.claim is Claim.SKIP:
+        _clean_up(ctx, task_id)  # a cancelled or finished task may have left an epoch checkpoint
         return result.reason
-    try:
-        version = _run_step(ctx, plan)
-    except TrainingCancelled as err:
-        _finish(ctx, task_id, lambda s, t: finish_cancelled(s, t, str(err)))
-        _clean_up(ctx, task_id)
-        return f"task {task_id} cancelled"
-    except Exception as err:
-        log.exception("task %s failed", task_id)
-        _finish(ctx, task_id, lambda s, t: finish_failed(s, t, f"{type(err).__name__}: {err}"))
-        _clean_up(ctx, task_id)
-        return f"task {task_id} failed: {err}"
-    finally:
-        with session_scope(ctx.sessions) as session:
-            record_heartbeat(session, ctx.settings.training_queue, current_task_id=None)
+    with _Heartbeat(ctx, task_id):
+        try:
+            with ctx.sessions() as session:
+                plan = build_plan(session, task_id, result.parent_version)
+            version = _run_step(ctx, plan)
+        except TrainingCancelled as err:
+            _finish(ctx, task_id, lambda s, t: finish_cancelled(s, t, str(err)))
+            _clean_up(ctx, task_id)
+            return f"task {task_id} cancelled"
+        except Exception as err:
+            log.exception("task %s failed", task_id)
+            _finish(ctx, task_id, lambda s, t: finish_failed(s, t, f"{type(err).__name__}: {err}"))
+            _clean_up(ctx, task_id)
+            return f"task {task_id} failed: {err}"
     _clean_up(ctx, task_id)
     return f"task {task_id} produced version {version}"
+
+
+class _Heartbeat:
+    """Tells the others this worker holds the task, every HEARTBEAT_S, for the whole job: downloads,
+    training, scoring and uploads alike (so nobody takes over a task that is merely quiet)."""
+
+    def __init__(self, ctx: JobContext, task_id: str) -> None:
+        self.ctx, self.task_id = ctx, task_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"heartbeat-{task_id}", daemon=True)
+
+    def _beat(self, task_id: str | None) -> None:
+        try:
+            with session_scope(self.ctx.sessions) as session:
+                record_heartbeat(session, self.ctx.settings.training_queue, current_task_id=task_id)
+        except SQLAlchemyError:
+            log.warning("heartbeat not recorded (database busy or away); trying again", exc_info=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            self._beat(self.task_id)
+
+    def __enter__(self) -> "_Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._beat(None)
 
 
 def _finish(ctx: JobContext, task_id: str, mark: Callable) -> None:
@@ -123,14 +155,18 @@ def _hyperparameters_given(plan: StepPlan) -> dict:
 def _run_step(ctx: JobContext, plan: StepPlan) -> int:
     hp = _hyperparameters_given(plan)
     device = resolve_device(str(hp.get("device", "auto")))
-    method = build_method(plan.spec["method"] if plan.parent else "ft", len(plan.old_classes),
-                          **{k: hp[k] for k in ("lambda_d", "lambda_e", "lambda_u", "ld_form") if k in hp})
+    if plan.parent is None:  # the base model: plain cross-entropy, nothing to distil from
+        method = build_method("ft", 0)
+    else:
+        method = build_method(plan.spec["method"], len(plan.old_classes),
+                              **{k: hp[k] for k in ("lambda_d", "lambda_e", "lambda_u", "ld_form") if k in hp})
     model, teacher = _models(ctx, plan, hp, method.classifier_init)
     names = channel_names(plan.class_map)
     config = TrainConfig(
         epochs=int(plan.spec["epochs"]), batch_size=int(plan.spec["batch_size"]),
         lr=float(hp.get("lr", 0.01)), momentum=float(hp.get("momentum", 0.9)),
-        weight_decay=float(hp.get("weight_decay", 1e-4)), seed=int(hp.get("seed", 0)),
+        weight_decay=float(hp.get("weight_decay", 1e-4)), lr_power=float(hp.get("lr_power", 0.9)),
+        seed=int(hp.get("seed", 0)),
         device=str(device), log_every=5,  # reports sync the GPU; the writer throttles further
     )
     trained = train(
@@ -164,9 +200,9 @@ def _train_dataset(ctx: JobContext, plan: StepPlan) -> SegmentationDataset:
     pairs = fetch_items(ctx.store, plan.train_items, ctx.settings.cache_dir)
     lut = local_to_channel_lut(plan.spec, plan.assigned, plan.class_map)
     source = local_source(plan.task_id, "train", pairs, list(plan.class_map.values()))
-    seed = int(_hyperparameters_given(plan).get("seed", 0))
-    return SegmentationDataset(source, None, lut, TrainTransform(int(plan.spec["image_size"]),
-                                                                 generator=torch.Generator().manual_seed(seed)))
+    # Augmentation draws from torch's global RNG, which the trainer seeds and saves in every epoch
+    # checkpoint: a resumed run then sees the same crops and flips as an uninterrupted one.
+    return SegmentationDataset(source, None, lut, TrainTransform(int(plan.spec["image_size"])))
 
 
 def _scoring_sets(ctx: JobContext, plan: StepPlan) -> list[ScoringSet]:
@@ -183,7 +219,9 @@ def _record(ctx: JobContext, plan: StepPlan, model, names: dict[int, str], score
     meta = {"task_id": plan.task_id, "version": version, "parent": plan.parent.version if plan.parent else None,
             "class_indices": sorted(plan.class_map)}
     digest = save_model(local, model, names, meta)
-    key = f"checkpoints/{version}/model.pt"
+    # The digest in the key: two attempts that raced to the same version number can never
+    # overwrite the bytes a recorded version points at.
+    key = f"checkpoints/{version}/model-{digest[:16]}.pt"
     info = ctx.store.put_file(key, local)
     try:
         with session_scope(ctx.sessions) as session:
@@ -200,16 +238,15 @@ def _record(ctx: JobContext, plan: StepPlan, model, names: dict[int, str], score
             task.status = TaskStatus.SUCCEEDED
             task.finished_at = utcnow()
             return row.version
-    except IntegrityError:
-        # Another attempt recorded this task's version first (task_id is unique on versions):
-        # exactly one version per task. Our upload went to a key nobody references: remove it.
+    except Exception as err:
+        # Nothing references our upload unless it is the recorded version's own: remove it.
         with session_scope(ctx.sessions) as session:
             existing = session.query(ModelVersion).filter_by(task_id=plan.task_id).one_or_none()
-        if existing is None:
-            raise
-        if existing.checkpoint_key != key:
+        if existing is None or existing.checkpoint_key != key:
             ctx.store.delete(key)
-        return existing.version
+        if existing is not None and isinstance(err, IntegrityError):
+            return existing.version  # another attempt recorded this task's one version first
+        raise
 
 
 def _hyperparameters(plan: StepPlan) -> dict:
@@ -232,13 +269,16 @@ class _ProgressWriter:
         self.last = now
         if self.resumed_from_epoch is None:
             self.resumed_from_epoch = p.epoch - 1
-        with session_scope(self.ctx.sessions) as session:
-            task = session.get(Task, self.task_id)
-            task.progress = {"epoch": p.epoch, "epochs": p.epochs, "step": p.step, "steps": p.steps,
-                             "loss": round(p.loss, 5), "lr": p.lr, "images_per_s": round(p.images_per_s, 2),
-                             "resumed_from_epoch": self.resumed_from_epoch,
-                             "updated_at": utcnow().isoformat()}
-            record_heartbeat(session, self.ctx.settings.training_queue, current_task_id=self.task_id)
+        try:
+            with session_scope(self.ctx.sessions) as session:
+                task = session.get(Task, self.task_id)
+                task.progress = {"epoch": p.epoch, "epochs": p.epochs, "step": p.step, "steps": p.steps,
+                                 "loss": round(p.loss, 5), "lr": p.lr, "images_per_s": round(p.images_per_s, 2),
+                                 "resumed_from_epoch": self.resumed_from_epoch,
+                                 "updated_at": utcnow().isoformat()}
+        except SQLAlchemyError:
+            # A busy or restarting database must not fail hours of training: the next report retries.
+            log.warning("progress of task %s not recorded", self.task_id, exc_info=True)
 
 
 class _CancelCheck:
@@ -251,6 +291,9 @@ class _CancelCheck:
         now = time.monotonic()
         if not self.cancelled and now - self.last >= REPORT_EVERY_S:
             self.last = now
-            with self.ctx.sessions() as session:
-                self.cancelled = bool(session.get(Task, self.task_id).cancel_requested)
+            try:
+                with self.ctx.sessions() as session:
+                    self.cancelled = bool(session.get(Task, self.task_id).cancel_requested)
+            except SQLAlchemyError:
+                log.warning("cancel flag of task %s not read; asking again later", self.task_id, exc_info=True)
         return self.cancelled

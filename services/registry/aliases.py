@@ -19,9 +19,12 @@ PRODUCTION = "production"
 LATEST = "latest"
 
 
-def get_alias(session: Session, name: str) -> int | None:
-    """The version an alias points at, or None when the alias is not set."""
-    row = session.get(Alias, name)
+def get_alias(session: Session, name: str, *, for_update: bool = False) -> int | None:
+    """The version an alias points at, or None when the alias is not set.
+
+    for_update: lock the row until the transaction ends (Postgres), for a read that decides a
+    write, so a promotion committed in between is not silently overwritten."""
+    row = session.get(Alias, name, with_for_update=for_update)
     return row.version if row else None
 
 

@@ -121,7 +121,8 @@ def record_version(
     session.add(row)
     session.flush()  # the version must exist before the task and aliases point at it
     task.model_version = row.version
-    candidate = Candidate(row.version, parent_version, get_alias(session, PRODUCTION), old, ious, parent_ious, classes)
+    production = get_alias(session, PRODUCTION, for_update=True)
+    candidate = Candidate(row.version, parent_version, production, old, ious, parent_ious, classes)
     decision = decide(PromotionPolicy.from_settings(settings or get_settings()), candidate)
     row.promotion = decision.as_dict()
     set_alias(session, LATEST, row.version)

@@ -128,6 +128,16 @@ def test_an_image_over_the_pixel_limit_is_413(prepared):
                                   "(STRATA_MAX_IMAGE_PIXELS)")
 
 
+def test_a_body_over_the_image_byte_limit_is_413_even_before_auth(prepared):
+    """/segment has its own, tighter body limit: its form is parsed before the key is checked."""
+    small = prepared.model_copy(update={"max_image_bytes": 2048})
+    with TestClient(create_app(small)) as c:
+        r = c.post("/segment", files={"image": ("big.png", b"\0" * 4096, "image/png")})  # no key at all
+        assert r.status_code == 413 and "STRATA_MAX_IMAGE_BYTES" in r.json()["detail"]
+        # Other routes keep the upload limit.
+        assert c.post("/tasks", files={"archive": ("a.zip", b"\0" * 4096)}).status_code == 401
+
+
 def test_segment_needs_the_infer_scope(client, admin):
     assert segment(client, {}).status_code == 401
     r = segment(client, admin)

@@ -205,6 +205,10 @@ def test_with_nothing_pending_a_task_starts_from_production(env, tmp_path):
         s.flush()
         task = s.get(Task, first.task_id)
         task.status, task.model_version = TaskStatus.SUCCEEDED.value, 1
+    # A version but no production alias: adding classes would silently start a new base model.
+    with pytest.raises(RegistrationConflict, match="no version is in production"):
+        register(env, tmp_path, {"classes": ["dog"]})
+    with session_scope(sessions) as s:
         s.add(Alias(name="production", version=1))
     second = register(env, tmp_path, {"classes": ["dog"]})
     with sessions() as s:

@@ -105,3 +105,5 @@ def test_local_mask_values_map_to_channels_in_global_index_order():
     assert (lut[0], lut[1], lut[2], lut[255]) == (0, 3, 2, 255)
     # Scoring an older version that never knew "bus": its pixels are background to it.
     assert local_to_channel_lut(spec, {"bus": 5}, {0: "background", 1: "car", 2: "person"})[1] == 0
+    # A model without the also-labelled "person" (rolled back past it) ignores those pixels.
+    assert local_to_channel_lut(spec, {"bus": 5}, {0: "background", 1: "car", 5: "bus"})[2] == 255

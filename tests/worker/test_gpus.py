@@ -1,0 +1,13 @@
+from worker.gpus import device_for_child
+
+
+def test_a_single_process_worker_keeps_what_it_was_given():
+    assert device_for_child(0, 1, None) is None
+    assert device_for_child(0, 1, "3") is None
+
+
+def test_children_spread_over_the_visible_devices():
+    assert [device_for_child(i, 2, None) for i in range(2)] == ["0", "1"]
+    assert [device_for_child(i, 2, "2, 5") for i in range(2)] == ["2", "5"]
+    # A replaced child gets a higher index: it still lands on a real device.
+    assert device_for_child(3, 2, "2,5") == "5"
