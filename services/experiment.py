@@ -311,6 +311,7 @@ def result_record(config: ExperimentConfig, steps: list[dict[str, Any]]) -> dict
         "base_lr": config.first_lr,
         "seed": config.seed,
         "pretrained": config.pretrained or config.backbone_weights is not None,
+        "method_weights": dict(config.method_weights),  # loss weights and ld_form given (else defaults)
         "steps": steps,
     }
 

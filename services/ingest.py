@@ -37,9 +37,10 @@ from services.data.upload import (
 )
 from services.db.models import DatasetItem, ModelVersion, SemanticClass, Split, Task, TaskStatus, new_task_id
 from services.db.session import session_scope
+from services.learning.names import DEFAULT_METHOD
 from services.registry.aliases import production_version
 from services.storage import InvalidKey, ObjectInfo, ObjectStore, validate_key
-from services.task_spec import BACKGROUND_NAME, DEFAULT_MODEL, FALLBACK_METHOD, TaskSpec, parse_spec
+from services.task_spec import BACKGROUND_NAME, DEFAULT_MODEL, TaskSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -237,10 +238,8 @@ def latest_pending(session: Session) -> Task | None:
 
 
 def default_method() -> str:
-    """The engine's recommended method (imported lazily: ``methods`` pulls in torch)."""
-    from services.learning import methods
-
-    return getattr(methods, "DEFAULT_METHOD", FALLBACK_METHOD)
+    """The engine's recommended method (the one the measured results favour: docs/results.md)."""
+    return DEFAULT_METHOD
 
 
 def _check_weights(method: str, weights: dict[str, Any]) -> None:

@@ -17,7 +17,6 @@ from services.learning.names import ARCHITECTURES, SERVICE_METHODS
 
 BACKGROUND_NAME = "background"
 DEFAULT_MODEL = "deeplabv3_resnet101"  # the papers' network
-FALLBACK_METHOD = "ef+ld"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 Colour = tuple[int, int, int]

@@ -24,7 +24,7 @@ Defaults: lambda_D = 1 and lambda_E = 50, the ILT authors' code, with L'_D in th
 (a sum over old classes; MiB's ILT re-implementation uses 100/100 with its class-averaged
 normalisation). lambda_U = 10 with the class-averaged unbiased KD: MiB's published setting.
 
-``DEFAULT_METHOD`` (``ef+ld``, from ``names``) is what a task gets when it names no method.
+``DEFAULT_METHOD`` (``mib``, from ``names``) is what a task gets when it names no method.
 ``num_old_classes`` counts the previous model's channels (background included). With 0 there
 is no previous model (step 0): every method then trains with plain L_CE, as in both papers.
 """

@@ -105,7 +105,7 @@ def test_post_index_masks_as_files(client, prepared, admin, reader):
     body = r.json()
     assert r.headers["location"] == f"/tasks/{body['id']}"
     assert body["status"] == "queued" and body["classes"] == {"car": 1, "person": 2}
-    assert body["method"] == "ef+ld" and body["model"] == "deeplabv3_resnet101"
+    assert body["method"] == "mib" and body["model"] == "deeplabv3_resnet101"
     assert body["items"] == {"train": 5, "val": 1} and body["progress"] is None
     assert client.get(r.headers["location"], headers=reader).json() == body
     assert queued_messages(prepared) == 1

@@ -158,7 +158,7 @@ def test_a_first_task_is_stored_and_recorded_in_one_piece(env, tmp_path):
         task = s.get(Task, reg.task_id)
         assert task.status == "queued" and task.parent_version is None
         assert task.spec["assigned_classes"] == {"cat": 1, "dog": 2}
-        assert task.spec["method"] == "ef+ld" and task.spec["model"] == "deeplabv3_resnet101"
+        assert task.spec["method"] == "mib" and task.spec["model"] == "deeplabv3_resnet101"
         assert task.spec["after_task_id"] is None and task.spec["epochs"] == 3
         classes = {c.id: (c.name, c.task_id) for c in s.scalars(select(SemanticClass))}
         assert classes == {0: ("background", None), 1: ("cat", task.id), 2: ("dog", task.id)}
