@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import random
 import shutil
@@ -11,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import tracemalloc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +175,23 @@ def moto_process() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+# Run in a fresh interpreter: tracemalloc counts every thread of a process, and the test process
+# has others (the session's moto server, clients of earlier tests) allocating at the same time.
+_MEASURE_PUT = """
+import json, sys, tracemalloc
+from tests.services.test_storage import Generated, make_s3
+from services.storage import FilesystemStore
+backend, where, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = FilesystemStore(where) if backend == "fs" else make_s3(where)
+store.ensure_ready()
+tracemalloc.start()
+info = store.put("uploads/tmp/big.zip", Generated(size), length=None)
+_, peak = tracemalloc.get_traced_memory()
+tracemalloc.stop()
+print(json.dumps({"peak": peak, "size": info.size, "sha256": info.sha256, "bucket": getattr(store, "bucket", None)}))
+"""
+
+
 @pytest.mark.parametrize("backend", ["fs", "s3"])
 def test_streamed_put_of_unknown_length_keeps_memory_bounded(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -182,31 +199,27 @@ def test_streamed_put_of_unknown_length_keeps_memory_bounded(
     # 40 MiB: S3's floor is ~3 parts of 5 MiB held by minio at once, so the object must be
     # well above that for "bounded" to be distinguishable from "whole object in memory".
     size = 40 * MiB
-    if backend == "fs":
-        store: ObjectStore = FilesystemStore(tmp_path / "objects")
-        bound = 8 * CHUNK_SIZE  # room for other threads of the test process (moto) allocating meanwhile
-    else:
-        store = make_s3(request.getfixturevalue("moto_process"))
-        bound = 4 * PART
-    store.ensure_ready()
-
-    tracemalloc.start()
-    try:
-        info = store.put("uploads/tmp/big.zip", Generated(size), length=None)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    where = str(tmp_path / "objects") if backend == "fs" else request.getfixturevalue("moto_process")
+    bound = 4 * CHUNK_SIZE if backend == "fs" else 4 * PART
+    proc = subprocess.run([sys.executable, "-c", _MEASURE_PUT, backend, where, str(size)], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
 
     # A bound set by the chunk / part size, not by the object: and well below the object.
+    peak = measured["peak"]
     assert peak < bound and peak < size // 2, f"peak Python allocation {peak / MiB:.1f} MiB"
-    assert info.size == size
-    assert info.sha256 == sha256_of_stream(Generated(size))
-    assert store.stat("uploads/tmp/big.zip").size == size
-    if isinstance(store, S3Store):  # a multipart ETag ends in -<number of parts>
+    assert measured["size"] == size
+    assert measured["sha256"] == sha256_of_stream(Generated(size))
+    if backend == "fs":
+        store: ObjectStore = FilesystemStore(where)
+    else:
+        store = S3Store(where, "testing", "testing", measured["bucket"], "us-east-1", part_size=PART)
         etag = raw_client(store).stat_object(store.bucket, "uploads/tmp/big.zip").etag
-        assert etag.endswith(f"-{size // PART}")
+        assert etag.endswith(f"-{size // PART}")  # a multipart ETag ends in -<number of parts>
+    assert store.stat("uploads/tmp/big.zip").size == size
     with store.open("uploads/tmp/big.zip") as f:
-        assert sha256_of_stream(f) == info.sha256
+        assert sha256_of_stream(f) == measured["sha256"]
 
 
 def test_failed_stream_leaves_previous_object_and_no_debris(store: ObjectStore) -> None:
