@@ -67,7 +67,10 @@ def png_bytes(size: int = 40) -> bytes:
 def test_two_steps_promotion_rollback_and_cancel(client, worker_process, admin_headers, infer_headers, tmp_path):
     h = admin_headers
     # --- step 0: the base model learns square and disc --------------------------------------
-    first = submit(client, h, {**SMALL, "classes": ["square", "disc"], "epochs": 3},
+    # The lineage's method and its loss weight are given now; the base model itself trains with
+    # plain cross-entropy (there is nothing to distil from yet) and must not trip over them.
+    first = submit(client, h, {**SMALL, "classes": ["square", "disc"], "epochs": 3, "method": "ld",
+                               "hyperparameters": {**SMALL["hyperparameters"], "lambda_d": 2.0}},
                    shapes_zip(tmp_path, [1, 2], 16, seed=1))
     done = wait_task(client, h, first["id"])
     assert done["status"] == "succeeded", done
