@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from services.data.images import check_pixels, decoding
 
 BACKGROUND = 0
 IGNORE = 255
@@ -123,32 +125,17 @@ def pair_files(images: Sequence[ReceivedFile], masks: Sequence[ReceivedFile]) ->
 # --- images -------------------------------------------------------------------------------------
 def inspect_image(f: ReceivedFile, max_pixels: int) -> tuple[str, int, int]:
     """(extension, width, height) of a fully decodable image of at most ``max_pixels`` pixels."""
-    try:
+    what = f"image {f.name!r}"
+    with decoding(what, not_image=UploadRejected, too_large=UploadRejected):
         with Image.open(f.path) as im:
             fmt, (width, height) = im.format, im.size
             if fmt not in IMAGE_EXTENSIONS:
-                raise UploadRejected(
-                    f"image {f.name!r} is {fmt}; accepted formats: {', '.join(IMAGE_EXTENSIONS)}")
-            _check_pixels(f.name, width, height, max_pixels)
+                raise UploadRejected(f"{what} is {fmt}; accepted formats: {', '.join(IMAGE_EXTENSIONS)}")
+            check_pixels(what, width, height, max_pixels, UploadRejected)
             im.verify()
         with Image.open(f.path) as im:  # verify() leaves the image unusable: decode a fresh one
             im.load()
-    except UnidentifiedImageError:
-        raise UploadRejected(f"image {f.name!r} is not an image (no decoder recognises it)") from None
-    except Image.DecompressionBombError as err:
-        raise UploadRejected(f"image {f.name!r} is too large: {err}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        if isinstance(err, UploadRejected):
-            raise
-        raise UploadRejected(f"image {f.name!r} cannot be decoded (corrupt or truncated?): {err}") from None
     return IMAGE_EXTENSIONS[fmt], width, height
-
-
-def _check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise UploadRejected(
-            f"image {name!r} is {width}x{height} = {width * height} pixels, over the limit of "
-            f"{max_pixels} (STRATA_MAX_IMAGE_PIXELS)")
 
 
 # --- masks --------------------------------------------------------------------------------------
@@ -205,23 +192,17 @@ class MaskFormat:
 
 
 def _open_mask(f: ReceivedFile, size: tuple[int, int], image_name: str) -> Image.Image:
-    try:
+    what = f"mask {f.name!r}"
+    with decoding(what, not_image=UploadRejected, too_large=UploadRejected):
         im = Image.open(f.path)
         if im.format != "PNG":
             im.close()
-            raise UploadRejected(f"mask {f.name!r} is {im.format}; masks must be PNG (lossless)")
+            raise UploadRejected(f"{what} is {im.format}; masks must be PNG (lossless)")
         if im.size != size:
             im.close()
             raise UploadRejected(
-                f"mask {f.name!r} is {im.size[0]}x{im.size[1]} but its image {image_name!r} is "
-                f"{size[0]}x{size[1]}")
+                f"{what} is {im.size[0]}x{im.size[1]} but its image {image_name!r} is {size[0]}x{size[1]}")
         im.load()
-    except UnidentifiedImageError:
-        raise UploadRejected(f"mask {f.name!r} is not an image (no decoder recognises it)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        if isinstance(err, UploadRejected):
-            raise
-        raise UploadRejected(f"mask {f.name!r} cannot be decoded (corrupt or truncated?): {err}") from None
     return im
 
 

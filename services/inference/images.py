@@ -11,8 +11,9 @@ import io
 from collections.abc import Mapping
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from services.data.images import check_pixels, decoding
 from services.inference.errors import ImageTooLarge, NotAnImage
 from services.registry.classes import class_colour
 
@@ -28,22 +29,10 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Ima
     """
     if not data:
         raise NotAnImage(f"{name!r} is empty: send an image file (PNG, JPEG, ...)")
-    try:
+    with decoding(repr(name), not_image=NotAnImage, too_large=ImageTooLarge):
         im = Image.open(io.BytesIO(data))
-        width, height = im.size
-        if width * height > max_pixels:
-            raise ImageTooLarge(
-                f"{name!r} is {width}x{height} = {width * height} pixels, over the limit of "
-                f"{max_pixels} (STRATA_MAX_IMAGE_PIXELS)")
+        check_pixels(repr(name), *im.size, max_pixels, ImageTooLarge)
         im.load()
-    except UnidentifiedImageError:
-        raise NotAnImage(f"{name!r} is not an image (no decoder recognises it)") from None
-    except Image.DecompressionBombError as err:
-        raise ImageTooLarge(f"{name!r} is too large: {err}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        if isinstance(err, ImageTooLarge):
-            raise
-        raise NotAnImage(f"{name!r} cannot be decoded as an image (corrupt or truncated?): {err}") from None
     return im
 
 
