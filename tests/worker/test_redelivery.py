@@ -59,6 +59,10 @@ def test_killed_worker_task_resumes_and_yields_one_version(client, prepared, adm
     second = start_worker(prepared, log)
     try:
         done = wait_task(client, h, task["id"], timeout_s=300)
+        # The worker removes the stored epoch checkpoint right after recording the version.
+        deadline = time.monotonic() + 30
+        while store.exists(state_key) and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         stop(second, signal.SIGTERM)
     assert done["status"] == "succeeded", (done, log.read_text()[-3000:])
