@@ -18,6 +18,7 @@ from services.data.transforms import EvalTransform
 from services.evaluation.evaluate import evaluate
 from services.jobs.classes import channel_names, channels_of, local_to_channel_lut
 from services.jobs.data import local_source
+from services.jobs.plan import ScoringTask
 
 
 @dataclass(frozen=True)
@@ -28,34 +29,25 @@ class ClassScore:
     fn: int
 
 
-@dataclass(frozen=True)
-class ScoringSet:
-    """The validation images of one task, and the classes it introduced (global indices)."""
-
-    task_id: str
-    spec: Mapping
-    assigned: Mapping[str, int]
-    pairs: Sequence[tuple[Path, Path]]
-    introduced: Sequence[int]
-
-
 def score_classes(
     model: torch.nn.Module,
     class_map: Mapping[int | str, str],
-    sets: Sequence[ScoringSet],
+    sets: Sequence[tuple[ScoringTask, Sequence[tuple[Path, Path]]]],
     image_size: int,
     device: torch.device | str,
 ) -> dict[int, ClassScore]:
-    """{global class index: score} for every class a set introduced that the model knows."""
+    """{global class index: score} for every class a set introduced that the model knows.
+
+    sets: each task that introduced classes, with its validation (image, mask) files on disk."""
     channels = channels_of(class_map)
     names = channel_names(class_map)
     scores: dict[int, ClassScore] = {}
-    for scoring_set in sets:
-        known = [c for c in scoring_set.introduced if c in channels]
-        if not known or not scoring_set.pairs:
+    for task, pairs in sets:
+        known = [c for c in task.introduced if c in channels]
+        if not known or not pairs:
             continue
-        lut = local_to_channel_lut(scoring_set.spec, scoring_set.assigned, class_map)
-        source = local_source(scoring_set.task_id, "val", scoring_set.pairs, list(names.values()))
+        lut = local_to_channel_lut(task.spec, task.assigned, class_map)
+        source = local_source(task.task_id, "val", pairs, list(names.values()))
         dataset = SegmentationDataset(source, None, lut, EvalTransform(image_size))
         counts = evaluate(model, dataset, len(channels), device).confusion.counts
         for index in known:

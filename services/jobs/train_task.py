@@ -31,7 +31,7 @@ from services.jobs.claim import Claim, claim, finish_cancelled, finish_failed
 from services.jobs.classes import channel_names, local_to_channel_lut
 from services.jobs.data import fetch, fetch_items, local_source
 from services.jobs.plan import StepPlan, build_plan
-from services.jobs.scoring import ScoringSet, score_classes
+from services.jobs.scoring import score_classes
 from services.learning.checkpoint import load_model, save_model
 from services.learning.growth import grow_classifier
 from services.learning.methods import build_method
@@ -74,12 +74,14 @@ def run_training_task(ctx: JobContext, task_id: str) -> str:
                 plan = build_plan(session, task_id, result.parent_version)
             version = _run_step(ctx, plan)
         except TrainingCancelled as err:
-            _finish(ctx, task_id, lambda s, t: finish_cancelled(s, t, str(err)))
+            reason = str(err)
+            _finish(ctx, task_id, lambda s, t: finish_cancelled(s, t, reason))
             _clean_up(ctx, task_id)
             return f"task {task_id} cancelled"
         except Exception as err:
             log.exception("task %s failed", task_id)
-            _finish(ctx, task_id, lambda s, t: finish_failed(s, t, f"{type(err).__name__}: {err}"))
+            error = f"{type(err).__name__}: {err}"
+            _finish(ctx, task_id, lambda s, t: finish_failed(s, t, error))
             _clean_up(ctx, task_id)
             return f"task {task_id} failed: {err}"
     _clean_up(ctx, task_id)
@@ -205,11 +207,9 @@ def _train_dataset(ctx: JobContext, plan: StepPlan) -> SegmentationDataset:
     return SegmentationDataset(source, None, lut, TrainTransform(int(plan.spec["image_size"])))
 
 
-def _scoring_sets(ctx: JobContext, plan: StepPlan) -> list[ScoringSet]:
-    return [
-        ScoringSet(t.task_id, t.spec, t.assigned, fetch_items(ctx.store, t.val_items, ctx.settings.cache_dir), t.introduced)
-        for t in plan.scoring
-    ]
+def _scoring_sets(ctx: JobContext, plan: StepPlan) -> list:
+    """Every task that introduced a class of the new version, with its validation files fetched."""
+    return [(t, fetch_items(ctx.store, t.val_items, ctx.settings.cache_dir)) for t in plan.scoring]
 
 
 def _record(ctx: JobContext, plan: StepPlan, model, names: dict[int, str], scores, method: str) -> int:

@@ -1,8 +1,6 @@
-import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from services.config import load_settings
 from tests.conftest import free_port
 
 
