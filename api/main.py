@@ -7,10 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.metrics import install_metrics
-from api.routes import classes, health, keys, models, workers
+from api.errors import install_error_handlers
 from api.limits import UploadLimitMiddleware
-from api.routes import segment, tasks
+from api.metrics import install_metrics
+from api.routes import classes, health, keys, models, segment, tasks, workers
 from api.state import AppState
 from services.config import Settings, get_settings
 
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(workers.router)
     install_metrics(app)  # GET /metrics and the request-latency middleware

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from services.config import Settings
 from services.db.base import utcnow
 from services.db.models import ApiKey
+from services.errors import Conflict, InvalidInput, NotFound
 
 SCOPES = ("admin", "infer")
 KEY_PREFIX = "strata_"
@@ -38,15 +39,15 @@ KEYS_FILE_NAME = "api-keys.txt"
 INJECTED = {"admin": "STRATA_ADMIN_KEY", "infer": "STRATA_INFER_KEY"}
 
 
-class AuthError(ValueError):
+class AuthError(InvalidInput):
     """A key operation was asked with bad input; the message says what is wrong."""
 
 
-class KeyNotFound(AuthError):
-    pass
+class KeyNotFound(NotFound):
+    """No API key with that id."""
 
 
-class LastAdminKey(AuthError):
+class LastAdminKey(Conflict):
     """Revoking this key would leave no active admin key (nobody could manage keys any more)."""
 
 

@@ -17,10 +17,12 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.errors import InvalidInput
+
 ENV_PREFIX = "STRATA_"
 
 
-class SettingsError(RuntimeError):
+class SettingsError(InvalidInput):
     """A setting is missing or malformed; the message names the environment variable."""
 
 

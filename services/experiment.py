@@ -37,6 +37,7 @@ from services.data.protocols import OLD_LABELS, PROTOCOLS, Step, build_steps, jo
 from services.data.step_dataset import SegmentationDataset
 from services.data.transforms import EvalTransform, TrainTransform
 from services.evaluation.evaluate import EvalResult, evaluate
+from services.errors import InvalidInput
 from services.evaluation.metrics import forgetting
 from services.learning.checkpoint import load_model, save_model
 from services.learning.growth import grow_classifier
@@ -47,7 +48,7 @@ from services.learning.zoo import ARCHITECTURES, SegModel, build_model
 BASE_CACHE_VERSION = 1
 
 
-class ExperimentError(ValueError):
+class ExperimentError(InvalidInput):
     """An experiment setting is invalid; the message names it."""
 
 

@@ -37,6 +37,7 @@ from services.data.upload import (
 )
 from services.db.models import DatasetItem, ModelVersion, SemanticClass, Split, Task, TaskStatus, new_task_id
 from services.db.session import session_scope
+from services.errors import Conflict
 from services.learning.names import DEFAULT_METHOD
 from services.registry.aliases import production_version
 from services.storage import InvalidKey, ObjectInfo, ObjectStore, validate_key
@@ -52,7 +53,7 @@ REGISTRATION_LOCK_KEY = 0x5354524154410002
 PENDING = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
 
 
-class RegistrationConflict(UploadRejected):
+class RegistrationConflict(Conflict):
     """The request contradicts the service's state (HTTP 409): a class name that already exists."""
 
 

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from services.data.upload import UploadRejected, listed
+from services.errors import describe_validation_errors
 from services.learning.names import ARCHITECTURES, SERVICE_METHODS
 
 BACKGROUND_NAME = "background"
@@ -164,14 +165,4 @@ def parse_spec(text: str | None) -> TaskSpec:
     try:
         return TaskSpec.model_validate_json(text)
     except ValidationError as err:
-        raise UploadRejected("invalid spec: " + "; ".join(_describe(e) for e in err.errors())) from None
-
-
-def _describe(error: dict) -> str:
-    where = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    if error["type"] == "json_invalid":
-        return f"not valid JSON ({error.get('ctx', {}).get('error', error['msg'])})"
-    msg = error["msg"].removeprefix("Value error, ")
-    return f"{where}: {msg}" if where else msg
+        raise UploadRejected("invalid spec: " + describe_validation_errors(err.errors())) from None

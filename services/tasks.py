@@ -13,16 +13,17 @@ from sqlalchemy.orm import Session
 
 from services.db.base import utcnow
 from services.db.models import DatasetItem, Split, Task, TaskStatus
+from services.errors import Conflict, NotFound
 from services.jobs.claim import FINISHED, finish_cancelled
 
 DEFAULT_LIMIT = 100
 
 
-class TaskNotFound(LookupError):
+class TaskNotFound(NotFound):
     """No task with that id (HTTP 404)."""
 
 
-class TaskFinished(ValueError):
+class TaskFinished(Conflict):
     """The task already finished: nothing to cancel (HTTP 409)."""
 
 

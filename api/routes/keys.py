@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 
 from api.deps import AdminDep, SessionDep
 from api.schemas.keys import KeyCreate, KeyCreated, KeyPublic
-from services.auth import AuthError, KeyNotFound, LastAdminKey, create_key, list_keys, revoke_key, scopes_of
+from services.auth import create_key, list_keys, revoke_key, scopes_of
 from services.db.models import ApiKey
 
 router = APIRouter(prefix="/keys", tags=["keys"])
@@ -20,10 +20,7 @@ def _public(key: ApiKey) -> dict:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
 def post_key(body: KeyCreate, session: SessionDep, _: AdminDep) -> dict:
     """Create a key. The response holds the key itself, the only time it is ever shown."""
-    try:
-        key, plaintext = create_key(session, body.name, body.scopes)
-    except AuthError as err:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from None
+    key, plaintext = create_key(session, body.name, body.scopes)
     session.commit()
     return {**_public(key), "key": plaintext}
 
@@ -37,11 +34,6 @@ def get_keys(session: SessionDep, _: AdminDep) -> list[dict]:
                responses={404: {"description": "no such key"}, 409: {"description": "the last admin key"}})
 def delete_key(key_id: int, session: SessionDep, _: AdminDep) -> dict:
     """Revoke a key (it stays listed, with ``revoked_at``). The last active admin key cannot go."""
-    try:
-        key = revoke_key(session, key_id)
-    except KeyNotFound as err:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from None
-    except LastAdminKey as err:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from None
+    key = revoke_key(session, key_id)
     session.commit()
     return _public(key)

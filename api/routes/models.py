@@ -6,14 +6,13 @@ rollback, and the colour legend of a version's masks.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 
 from api.deps import AdminDep, ReaderDep, SessionDep, SettingsDep, StateDep
 from api.schemas.models import LegendEntry, ModelDetail, ModelSummary, Promoted
 from services.db.models import ModelVersion
 from services.registry.aliases import PRODUCTION, aliases_by_version, promote
 from services.registry.classes import class_colour, colour_hex
-from services.registry.errors import VersionNotFound
 from services.registry.report import VersionReport, describe_version
 from services.registry.versions import list_versions, resolve_version
 
@@ -44,10 +43,6 @@ def _detail(report: VersionReport) -> dict:
     }
 
 
-def _not_found(err: VersionNotFound) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, str(err))
-
-
 @router.get("", response_model=list[ModelSummary])
 def get_models(session: SessionDep, _: ReaderDep) -> list[dict]:
     aliases = aliases_by_version(session)
@@ -56,20 +51,14 @@ def get_models(session: SessionDep, _: ReaderDep) -> list[dict]:
 
 @router.get("/{version}", response_model=ModelDetail, responses=NOT_FOUND)
 def get_model(version: str, session: SessionDep, settings: SettingsDep, _: ReaderDep) -> dict:
-    try:
-        return _detail(describe_version(session, settings, version))
-    except VersionNotFound as err:
-        raise _not_found(err) from None
+    return _detail(describe_version(session, settings, version))
 
 
 @router.post("/{version}/promote", response_model=Promoted, responses=NOT_FOUND)
 def promote_model(version: str, session: SessionDep, state: StateDep, _: AdminDep) -> dict:
     """Point ``production`` at this version; promoting an older version is a rollback."""
-    try:
-        row = resolve_version(session, version)
-        previous = promote(session, row.version)
-    except VersionNotFound as err:
-        raise _not_found(err) from None
+    row = resolve_version(session, version)
+    previous = promote(session, row.version)
     session.commit()
     state.inference.refresh()  # load and swap in the new production model now, not at the next poll
     return {"alias": PRODUCTION, "version": row.version, "previous": previous}
@@ -78,9 +67,6 @@ def promote_model(version: str, session: SessionDep, state: StateDep, _: AdminDe
 @router.get("/{version}/classes", response_model=list[LegendEntry], responses=NOT_FOUND)
 def get_legend(version: str, session: SessionDep, _: ReaderDep) -> list[dict]:
     """The legend of this version's masks: each class's mask value, name and display colour."""
-    try:
-        row = resolve_version(session, version)
-    except VersionNotFound as err:
-        raise _not_found(err) from None
+    row = resolve_version(session, version)
     return [{"index": i, "name": name, "color": list(class_colour(i)), "hex": colour_hex(i)}
             for i, name in sorted((int(k), v) for k, v in row.class_map.items())]

@@ -9,23 +9,14 @@ from __future__ import annotations
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile, status
+from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import InferDep, StateDep
-from services.inference.errors import (
-    ImageTooLarge,
-    InferenceError,
-    ModelUnavailable,
-    NoModelYet,
-    NoProductionVersion,
-    NotAnImage,
-)
 from services.inference.images import class_pixel_counts, decode_image, encode_mask_png
 from services.inference.service import Segmentation
-from services.registry.errors import VersionNotFound
 
 router = APIRouter(tags=["inference"])
 PNG = "image/png"
@@ -39,21 +30,6 @@ class SegmentResult(BaseModel):
     mask_png: str = Field(description=(
         "Base64 of an 8-bit palette PNG at the input's size: each pixel's value is its global class index "
         "(see GET /models/{version}/classes), the palette the classes' legend colours."))
-
-
-_STATUS: list[tuple[type[Exception], int]] = [
-    (VersionNotFound, status.HTTP_404_NOT_FOUND),
-    (NotAnImage, status.HTTP_422_UNPROCESSABLE_CONTENT),
-    (ImageTooLarge, status.HTTP_413_CONTENT_TOO_LARGE),
-    (NoModelYet, status.HTTP_409_CONFLICT),
-    (NoProductionVersion, status.HTTP_409_CONFLICT),
-    (ModelUnavailable, status.HTTP_503_SERVICE_UNAVAILABLE),
-]
-
-
-def _http_error(err: Exception) -> HTTPException:
-    code = next(c for kind, c in _STATUS if isinstance(err, kind))
-    return HTTPException(code, str(err))
 
 
 def _wants_png(request: Request) -> bool:
@@ -91,12 +67,8 @@ async def segment(
 ) -> Response:
     """Segment one image with the production model (or ``version``)."""
     data = await image.read()
-    try:
-        decoded = await run_in_threadpool(decode_image, data, state.settings.max_image_pixels,
-                                          image.filename or "image")
-        result = await state.inference.predict(decoded, version)
-    except (InferenceError, VersionNotFound) as err:
-        raise _http_error(err) from None
+    decoded = await run_in_threadpool(decode_image, data, state.settings.max_image_pixels, image.filename or "image")
+    result = await state.inference.predict(decoded, version)
     if _wants_png(request):
         png = await run_in_threadpool(encode_mask_png, result.mask)
         return Response(png, media_type=PNG, headers={"X-Model-Version": str(result.version)})

@@ -21,11 +21,10 @@ from api.deps import AdminDep, ReaderDep, SessionDep, StateDep
 from api.schemas.tasks import TaskPublic, upload_openapi
 from api.state import AppState
 from services.data.multipart import MultipartSpool, Received
-from services.data.upload import UploadRejected, UploadTooLarge
 from services.db.models import TaskStatus
 from services.db.session import session_scope
-from services.ingest import IngestLimits, Registration, RegistrationConflict, register_task
-from services.tasks import TaskFinished, TaskNotFound, TaskView, cancel_task, list_task_views, task_view
+from services.ingest import IngestLimits, Registration, register_task
+from services.tasks import TaskView, cancel_task, list_task_views, task_view
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -34,16 +33,6 @@ FEED_BYTES = 1024 * 1024  # body bytes handed to the parser thread at a time
 SPEC_MAX_BYTES = 256 * 1024
 FILE_FIELDS = {"images", "masks", "archive"}
 TRAIN_TASK = "strata.train"
-
-
-def _rejected(err: UploadRejected) -> HTTPException:
-    if isinstance(err, RegistrationConflict):
-        code = status.HTTP_409_CONFLICT
-    elif isinstance(err, UploadTooLarge):
-        code = status.HTTP_413_CONTENT_TOO_LARGE
-    else:
-        code = status.HTTP_422_UNPROCESSABLE_CONTENT
-    return HTTPException(code, str(err))
 
 
 @router.post(
@@ -72,8 +61,6 @@ async def create_task(
     try:
         received = await _receive(request, workdir)
         registration, view = await run_in_threadpool(_register, state, received, workdir, idempotency_key)
-    except UploadRejected as err:
-        raise _rejected(err) from None
     finally:
         await run_in_threadpool(shutil.rmtree, workdir, True)
     response.headers["Location"] = f"/tasks/{view.id}"
@@ -137,10 +124,7 @@ def read_tasks(
 
 @router.get("/{task_id}", response_model=TaskPublic, responses={404: {"description": "no such task"}})
 def read_task(task_id: str, session: SessionDep, _: ReaderDep) -> TaskView:
-    try:
-        return task_view(session, task_id)
-    except TaskNotFound as err:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from None
+    return task_view(session, task_id)
 
 
 @router.post(
@@ -154,13 +138,8 @@ def read_task(task_id: str, session: SessionDep, _: ReaderDep) -> TaskView:
     },
 )
 def cancel(task_id: str, response: Response, state: StateDep, _: AdminDep) -> TaskView:
-    try:
-        with session_scope(state.sessions) as session:
-            cancelled_now = cancel_task(session, task_id)
-    except TaskNotFound as err:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from None
-    except TaskFinished as err:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from None
+    with session_scope(state.sessions) as session:
+        cancelled_now = cancel_task(session, task_id)
     response.status_code = status.HTTP_200_OK if cancelled_now else status.HTTP_202_ACCEPTED
     with state.sessions() as session:
         return task_view(session, task_id)

@@ -15,14 +15,14 @@ from alembic.util import CommandError
 
 from services.config import get_settings
 from services.db import migrate
-from services.db.errors import DatabaseError, display_url
+from services.db.errors import display_url
 
 
 def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             return action(args)
-        except (DatabaseError, CommandError) as err:  # CommandError: e.g. an unknown revision
+        except CommandError as err:  # e.g. an unknown revision (our own errors are caught by main)
             print(f"strata: {err}", file=sys.stderr)
             return 2
 

@@ -61,10 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `strata --help` does not pay for torch.
-    from services.data.datasets import DatasetError
-    from services.data.protocols import ScenarioError
-    from services.experiment import ExperimentConfig, ExperimentError, run_experiment, write_result
-    from services.learning.zoo import BackboneWeightsMismatch, PretrainedWeightsUnavailable
+    from services.errors import StrataError
+    from services.experiment import ExperimentConfig, run_experiment, write_result
 
     try:
         config = ExperimentConfig(
@@ -77,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             val_split=args.val_split, method_weights=_weights(args),
         )
         result = run_experiment(config, progress=not args.quiet)
-    except (ExperimentError, DatasetError, ScenarioError, PretrainedWeightsUnavailable, BackboneWeightsMismatch) as err:
+    except StrataError as err:  # bad settings, data or weights: said in the flags' terms, no traceback
         print(f"strata experiment: {err}", file=sys.stderr)
         return 2
     if args.out is not None:

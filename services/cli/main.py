@@ -10,8 +10,7 @@ import argparse
 import importlib
 import sys
 
-from services.config import SettingsError
-from services.db.errors import DatabaseError
+from services.errors import StrataError
 
 COMMANDS = ("run", "worker", "db", "experiment", "bench")
 
@@ -28,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (SettingsError, DatabaseError) as err:
+    except StrataError as err:  # bad settings, an unreachable database...: a message, not a traceback
         print(f"strata: {err}", file=sys.stderr)
         return 2
 

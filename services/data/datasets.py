@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from services.errors import InvalidInput
+
 VOID = 255
 BACKGROUND = "background"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -34,7 +36,7 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 
-class DatasetError(ValueError):
+class DatasetError(InvalidInput):
     """The dataset on disk is malformed; the message names the file or folder at fault."""
 
 

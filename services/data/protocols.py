@@ -25,6 +25,7 @@ import numpy as np
 
 from services.data.datasets import VOID, SegmentationSource
 from services.data.presence import class_presence
+from services.errors import InvalidInput
 
 Protocol = Literal["disjoint", "overlapped"]
 OldLabels = Literal["drop", "keep"]
@@ -32,7 +33,7 @@ PROTOCOLS = ("disjoint", "overlapped")
 OLD_LABELS = ("drop", "keep")
 
 
-class ScenarioError(ValueError):
+class ScenarioError(InvalidInput):
     """A scenario or protocol argument is malformed or does not fit the dataset."""
 
 

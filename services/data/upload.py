@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from services.data.images import check_pixels, decoding
+from services.errors import InvalidInput, TooLarge
 
 BACKGROUND = 0
 IGNORE = 255
@@ -33,11 +34,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _LISTED = 10  # names or values quoted in one message
 
 
-class UploadRejected(ValueError):
+class UploadRejected(InvalidInput):
     """The upload is unusable as sent (HTTP 422); the message says which file and why."""
 
 
-class UploadTooLarge(UploadRejected):
+class UploadTooLarge(UploadRejected, TooLarge):
     """A size limit was exceeded (HTTP 413)."""
 
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from sqlalchemy.engine import make_url
 
+from services.errors import StrataError, Unavailable
+
 DATABASE_URL_VAR = "STRATA_DATABASE_URL"
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(StrataError):
     """Base class: the database cannot be used as configured."""
 
 
-class DatabaseUnavailable(DatabaseError):
+class DatabaseUnavailable(DatabaseError, Unavailable):
     """The database cannot be reached (wrong host, port, credentials or name)."""
 
 
-class SchemaNotAtHead(DatabaseError):
+class SchemaNotAtHead(DatabaseError, Unavailable):
     """The schema is missing or at another revision than this code's migration head."""
 
 

@@ -1,33 +1,31 @@
 """Errors of the inference service; each message says what is wrong in the caller's terms.
 
-The API maps them to status codes: NotAnImage 422, ImageTooLarge 413, NoModelYet and
-NoProductionVersion 409, ModelUnavailable 503 (``VersionNotFound`` from the registry: 404).
+Their categories (``services.errors``) give the API's statuses: NotAnImage 422, ImageTooLarge 413,
+NoModelYet and NoProductionVersion 409, ModelUnavailable 503 (``VersionNotFound``: 404).
 """
 
 from __future__ import annotations
 
-
-class InferenceError(Exception):
-    """Base class of everything /segment can refuse."""
+from services.errors import Conflict, InvalidInput, TooLarge, Unavailable
 
 
-class NotAnImage(InferenceError, ValueError):
+class NotAnImage(InvalidInput):
     """The uploaded bytes are not an image we can decode."""
 
 
-class ImageTooLarge(InferenceError, ValueError):
+class ImageTooLarge(TooLarge):
     """The image has more pixels than STRATA_MAX_IMAGE_PIXELS."""
 
 
-class NoModelYet(InferenceError):
+class NoModelYet(Conflict):
     """No model version exists: nothing has been trained yet."""
 
 
-class NoProductionVersion(InferenceError):
+class NoProductionVersion(Conflict):
     """Versions exist but none is in production (no ``production`` alias)."""
 
 
-class ModelUnavailable(InferenceError):
+class ModelUnavailable(Unavailable):
     """A version exists but cannot be served (its checkpoint failed to download or load)."""
 
 

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from services.errors import InvalidInput
 from services.learning.zoo import SegModel, build_model
 
 TRAIN_STATE_FILE = "last.pt"
@@ -32,7 +33,7 @@ TRAIN_STATE_FORMAT = "strata-train-state/1"
 MODEL_FORMAT = "strata-model/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InvalidInput):
     """A checkpoint file is missing, malformed, or does not fit what it is loaded into."""
 
 

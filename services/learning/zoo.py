@@ -32,14 +32,15 @@ from torchvision.models import (
 )
 from torchvision.models import segmentation as tv_seg
 
+from services.errors import InvalidInput, Unavailable
 from services.learning.names import ARCHITECTURES
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(Unavailable):
     """ImageNet backbone weights were asked for but are neither cached nor downloadable."""
 
 
-class BackboneWeightsMismatch(ValueError):
+class BackboneWeightsMismatch(InvalidInput):
     """A backbone weights file does not fit the architecture's backbone."""
 
 

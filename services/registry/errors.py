@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
-class RegistryError(ValueError):
-    """Base class: a registry operation was asked something impossible."""
+from services.errors import InvalidInput, NotFound
 
 
-class VersionNotFound(RegistryError, LookupError):
+class VersionNotFound(NotFound):
     """No model version (or alias) by that name."""
 
 
-class InvalidVersionRecord(RegistryError):
+class InvalidVersionRecord(InvalidInput):
     """``record_version`` got inconsistent data (class map, metrics, old/new classes)."""

@@ -3,20 +3,23 @@ the key or the store, so callers (the API, /readyz, the worker) can map it witho
 
 from __future__ import annotations
 
+from services.errors import InvalidInput, StrataError, Unavailable
 
-class StorageError(RuntimeError):
+
+class StorageError(StrataError):
     """Any failure of the object store; the message names the key or the store."""
 
 
 class ObjectNotFound(StorageError):
-    """The key does not name a stored object."""
+    """The key does not name a stored object. Not a ``NotFound``: keys come from our own rows,
+    so a missing object is a broken store (a server error), never a wrong request."""
 
 
-class InvalidKey(StorageError, ValueError):
+class InvalidKey(StorageError, InvalidInput):
     """The key (or prefix) is malformed; the message says which rule it breaks."""
 
 
-class StorageUnavailable(StorageError):
+class StorageUnavailable(StorageError, Unavailable):
     """The store cannot be reached or is not set up (no bucket, no root directory)."""
 
 
