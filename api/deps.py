@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from celery import Celery
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -15,7 +14,6 @@ from services.auth import authenticate, scopes_of
 from services.config import Settings
 from services.db.models import ApiKey
 from services.db.session import session_scope
-from services.storage import ObjectStore
 
 
 def get_state(request: Request) -> AppState:
@@ -34,18 +32,8 @@ def get_session(state: StateDep) -> Iterator[Session]:
         yield session
 
 
-def get_store(state: StateDep) -> ObjectStore:
-    return state.store
-
-
-def get_celery(state: StateDep) -> Celery:
-    return state.celery
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
-StoreDep = Annotated[ObjectStore, Depends(get_store)]
-CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
 # --- auth ------------------------------------------------------------------------------------

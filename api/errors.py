@@ -12,7 +12,15 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from services.errors import Conflict, InvalidInput, NotFound, StrataError, TooLarge, Unavailable, describe_validation_errors
+from services.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StrataError,
+    TooLarge,
+    Unavailable,
+    describe_validation_errors,
+)
 
 # Most specific first: TooLarge is an InvalidInput.
 STATUS_OF: tuple[tuple[type[StrataError], int], ...] = (

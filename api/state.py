@@ -1,4 +1,4 @@
-"""What the API process holds open: one engine, one store, one Celery client, the inference service."""
+"""What the API process holds open: one engine, one store, the task queue client, the inference service."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
+from api.queue import TaskQueue
 from services.config import Settings
 from services.db.session import make_engine, make_session_factory
 from services.inference.service import InferenceService
 from services.storage import ObjectStore, open_store
-from worker.app import create_celery
 
 
 @dataclass
@@ -23,7 +22,7 @@ class AppState:
     engine: Engine
     sessions: sessionmaker
     store: ObjectStore
-    celery: Celery
+    queue: TaskQueue
     inference: InferenceService
 
     @classmethod
@@ -37,7 +36,7 @@ class AppState:
             engine=engine,
             sessions=sessions,
             store=store,
-            celery=create_celery(settings),
+            queue=TaskQueue(settings),
             inference=InferenceService(settings, sessions, store, on_batch=on_inference_batch),
         )
 

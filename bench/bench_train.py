@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 
 from services.learning import benchmark  # noqa: E402
-from services.learning.names import ARCHITECTURES, METHODS  # noqa: E402
+from services.learning.names import ARCHITECTURES, METHODS, SMALL_ARCHITECTURE  # noqa: E402
 
 
 def run(
@@ -63,7 +63,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=ARCHITECTURES, default="lraspp_mobilenet_v3_large")
+    p.add_argument("--model", choices=ARCHITECTURES, default=SMALL_ARCHITECTURE)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant and repeat")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 
 from billiard.process import current_process
 from celery.signals import worker_process_init, worker_ready
 
+from services.broker import PING_TASK, TRAIN_TASK
 from services.config import get_settings
 from services.db.session import make_engine, make_session_factory, session_scope
-from services.heartbeats import record_heartbeat
+from services.jobs.errors import NotReady
+from services.jobs.heartbeats import record_heartbeat, worker_name
 from worker.app import app
 from worker.gpus import device_for_child
 
@@ -39,7 +40,7 @@ def sessions():
     return _sessions
 
 
-@app.task(name="strata.ping")
+@app.task(name=PING_TASK)
 def ping(token: str) -> str:
     """A round trip through the broker: the worker records the token in its heartbeat row."""
     with session_scope(sessions()) as session:
@@ -47,15 +48,16 @@ def ping(token: str) -> str:
     return token
 
 
-@app.task(name="strata.train", bind=True, max_retries=None)
+@app.task(name=TRAIN_TASK, bind=True, max_retries=None)
 def train(self, task_id: str) -> str:
     """Train the next model version for ``task_id`` (idempotent: safe to deliver twice)."""
     # Imported here: the parent (main) worker process must never import torch/initialise CUDA.
-    from services.jobs.train_task import JobContext, NotReady, run_training_task
+    from services.jobs.context import JobContext
+    from services.jobs.run import run_training_task
     from services.storage import open_store
 
     settings = get_settings()
-    ctx = JobContext(settings, sessions(), open_store(settings), f"{socket.gethostname()}:{os.getpid()}")
+    ctx = JobContext(settings, sessions(), open_store(settings), worker_name())
     try:
         outcome = run_training_task(ctx, task_id)
     except NotReady as err:
@@ -74,7 +76,7 @@ def _recover_unfinished(sender=None, **_: object) -> None:
     with session_scope(sessions()) as session:
         ids = unfinished_task_ids(session)
     for task_id in ids:
-        app.send_task("strata.train", args=[task_id], queue=get_settings().training_queue)
+        app.send_task(TRAIN_TASK, args=[task_id], queue=get_settings().training_queue)
     if ids:
         log.info("re-sent %d unfinished task(s): %s", len(ids), ", ".join(ids))
     global _sessions

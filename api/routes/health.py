@@ -8,8 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import StateDep
-from services.db.session import check_database
-from worker.app import check_broker
+from services.db.migrate import check_database
 
 router = APIRouter(tags=["health"])
 
@@ -37,7 +36,7 @@ def readyz(state: StateDep) -> JSONResponse:
     problems = {
         "database": _probe(lambda: check_database(state.engine)),
         "object_store": _probe(state.store.check),
-        "broker": _probe(lambda: check_broker(state.celery)),
+        "broker": _probe(state.queue.check),
         "model": None if model_ready else model_note,
     }
     failing = [name for name, problem in problems.items() if problem]

@@ -23,8 +23,9 @@ from api.state import AppState
 from services.data.multipart import MultipartSpool, Received
 from services.db.models import TaskStatus
 from services.db.session import session_scope
-from services.ingest import IngestLimits, Registration, register_task
-from services.tasks import TaskView, cancel_task, list_task_views, task_view
+from services.jobs.lifecycle import request_cancel
+from services.jobs.registration import IngestLimits, Registration, register_task
+from services.jobs.views import TaskView, list_task_views, task_view
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -32,7 +33,6 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 FEED_BYTES = 1024 * 1024  # body bytes handed to the parser thread at a time
 SPEC_MAX_BYTES = 256 * 1024
 FILE_FIELDS = {"images", "masks", "archive"}
-TRAIN_TASK = "strata.train"
 
 
 @router.post(
@@ -105,7 +105,7 @@ def _register(state: AppState, received: Received, workdir: Path, key: str | Non
 
 def _enqueue(state: AppState, task_id: str) -> None:
     try:
-        state.celery.send_task(TRAIN_TASK, args=[task_id], queue=state.settings.training_queue)
+        state.queue.send_training(task_id)
     except Exception:  # the task is committed: a worker's start-up sweep re-sends unfinished tasks
         log.exception("task %s is registered but could not be sent to the broker; "
                       "it will be picked up when a worker (re)starts", task_id)
@@ -139,7 +139,7 @@ def read_task(task_id: str, session: SessionDep, _: ReaderDep) -> TaskView:
 )
 def cancel(task_id: str, response: Response, state: StateDep, _: AdminDep) -> TaskView:
     with session_scope(state.sessions) as session:
-        cancelled_now = cancel_task(session, task_id)
+        cancelled_now = request_cancel(session, task_id)
     response.status_code = status.HTTP_200_OK if cancelled_now else status.HTTP_202_ACCEPTED
     with state.sessions() as session:
         return task_view(session, task_id)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 from pydantic import BaseModel
 
-from api.deps import AdminDep, CeleryDep, ReaderDep, SessionDep, SettingsDep
-from services.heartbeats import find_ping, list_workers
+from api.deps import AdminDep, ReaderDep, SessionDep, StateDep
+from services.jobs.heartbeats import find_ping, list_workers
 
 router = APIRouter(prefix="/workers", tags=["workers"])
 
@@ -35,16 +35,14 @@ def read_workers(session: SessionDep, _: ReaderDep, seen_within_s: int | None = 
 
 
 @router.post("/ping", status_code=status.HTTP_202_ACCEPTED, response_model=PingPublic)
-def send_ping(celery: CeleryDep, settings: SettingsDep, _: AdminDep) -> PingPublic:
+def send_ping(state: StateDep, _: AdminDep) -> PingPublic:
     """Enqueue a ping on the training queue; GET /workers/ping/{token} tells who answered."""
     token = uuid.uuid4().hex
-    celery.send_task("strata.ping", args=[token], queue=settings.training_queue)
+    state.queue.send_ping(token)
     return PingPublic(token=token)
 
 
 @router.get("/ping/{token}", response_model=PingPublic)
 def read_ping(token: str, session: SessionDep, _: ReaderDep) -> PingPublic:
     row = find_ping(session, token)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no worker has answered ping {token!r} (yet)")
     return PingPublic(token=token, answered_by=row.hostname, answered_at=row.last_seen)

@@ -7,11 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.task_spec import TaskSpec
+from services.jobs.spec import TaskSpec
 
 
 class TaskCreate(TaskSpec):
-    """The JSON in the multipart field ``spec`` of POST /tasks (validated by services.task_spec)."""
+    """The JSON in the multipart field ``spec`` of POST /tasks (validated by services.jobs.spec)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"classes": ["car", "person"], "epochs": 30, "mask_format": "index"},

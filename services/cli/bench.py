@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from services.learning.names import ARCHITECTURES, METHODS
+from services.learning.names import ARCHITECTURES, METHODS, SMALL_ARCHITECTURE
 
 
 def _positive(text: str) -> int:
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks")
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     p = kinds.add_parser("train", help="time training steps on random data after a warm-up")
-    p.add_argument("--model", choices=ARCHITECTURES, default="lraspp_mobilenet_v3_large")
+    p.add_argument("--model", choices=ARCHITECTURES, default=SMALL_ARCHITECTURE)
     p.add_argument("--method", choices=METHODS, default="ft")
     p.add_argument("--image-size", type=_positive, default=128)
     p.add_argument("--batch-size", type=_positive, default=4)

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 from services.data.protocols import OLD_LABELS, PROTOCOLS
+from services.experiments.config import DEFAULT_IMAGE_SIZE
+from services.learning.config import DEFAULT_LAMBDA_D, DEFAULT_LAMBDA_E, DEFAULT_LAMBDA_U, LD_FORMS, TrainConfig
+from services.learning.names import SMALL_ARCHITECTURE
 
 EXAMPLE = (
     "example: strata experiment --data /data/camvid --scenario 8-3 --protocol overlapped "
@@ -27,24 +30,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, default="overlapped")
     p.add_argument("--old-labels", choices=OLD_LABELS, default="drop",
                    help="drop: old classes are background in new steps (MiB); keep: they stay labelled (ILT)")
-    p.add_argument("--model", default="lraspp_mobilenet_v3_large",
+    p.add_argument("--model", default=SMALL_ARCHITECTURE,
                    help="a services.learning.zoo architecture, e.g. deeplabv3_resnet101")
-    p.add_argument("--image-size", type=int, default=256, help="training crop and evaluation size (pixels)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs of each incremental step")
+    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
+                   help="training crop and evaluation size (pixels)")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="epochs of each incremental step")
     p.add_argument("--base-epochs", type=int, default=None,
                    help="epochs of step 0 (and of joint steps); default --epochs")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--base-lr", type=float, default=None,
                    help="learning rate of step 0 (and of joint steps); default --lr")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--no-pretrained", action="store_true", help="random initialisation, no ImageNet backbone")
     weights.add_argument("--backbone-weights", type=Path, default=None, help="local backbone weights file")
-    p.add_argument("--lambda-d", type=float, default=None, help="weight of output distillation L'_D (default 1)")
-    p.add_argument("--lambda-e", type=float, default=None, help="weight of feature distillation L'_E (default 50)")
-    p.add_argument("--lambda-u", type=float, default=None, help="weight of MiB's unbiased KD (default 10)")
-    p.add_argument("--ld-form", choices=("paper", "mib"), default=None,
+    p.add_argument("--lambda-d", type=float, default=None,
+                   help=f"weight of output distillation L'_D (default {DEFAULT_LAMBDA_D:g})")
+    p.add_argument("--lambda-e", type=float, default=None,
+                   help=f"weight of feature distillation L'_E (default {DEFAULT_LAMBDA_E:g})")
+    p.add_argument("--lambda-u", type=float, default=None,
+                   help=f"weight of MiB's unbiased KD (default {DEFAULT_LAMBDA_U:g})")
+    p.add_argument("--ld-form", choices=LD_FORMS, default=None,
                    help="L'_D as in the ILT paper (default) or MiB's renormalised form")
     p.add_argument("--limit-images", type=int, default=None, help="use a seeded sample of N images per split")
     p.add_argument("--train-split", default="train")
@@ -52,8 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="mask and base-model caches; default STRATA_DATA_DIR/cache")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write any cache")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--device", default=TrainConfig.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=TrainConfig.num_workers, help="data-loading processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.set_defaults(func=run)
@@ -62,7 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `strata --help` does not pay for torch.
     from services.errors import StrataError
-    from services.experiment import ExperimentConfig, run_experiment, write_result
+    from services.experiments.config import ExperimentConfig
+    from services.experiments.results import write_result
+    from services.experiments.runner import run_experiment
 
     try:
         config = ExperimentConfig(

@@ -23,9 +23,8 @@ import numpy as np
 from PIL import Image
 
 from services.errors import InvalidInput
+from services.labels import BACKGROUND_NAME, IGNORE_INDEX, MAX_CLASS_INDEX
 
-VOID = 255
-BACKGROUND = "background"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = ".png"
 
@@ -126,7 +125,7 @@ def read_directory_dataset(root: str | Path, split: str) -> SegmentationSource:
     _check_pairing(images, masks, root / split)
     items = tuple((images[s], masks[s]) for s in sorted(images))
     shift = 0 if has_background else 1
-    class_names = tuple(names) if has_background else (BACKGROUND, *names)
+    class_names = tuple(names) if has_background else (BACKGROUND_NAME, *names)
     return SegmentationSource(root.name, split, class_names, items, _shift_lut(len(names), shift))
 
 
@@ -156,10 +155,10 @@ def read_classes_json(path: Path) -> tuple[list[str], bool]:
         raise DatasetError(f"{path}: every class name must be a non-empty string")
     if len(set(names)) != len(names):
         raise DatasetError(f"{path}: class names must be unique")
-    has_background = names[0].strip().lower() == BACKGROUND
-    if (len(names) + (0 if has_background else 1)) > VOID:
-        raise DatasetError(f"{path}: at most {VOID - 1} classes besides background (255 is void)")
-    if not has_background and any(n.strip().lower() == BACKGROUND for n in names):
+    has_background = names[0].strip().lower() == BACKGROUND_NAME
+    if (len(names) + (0 if has_background else 1)) > IGNORE_INDEX:
+        raise DatasetError(f"{path}: at most {MAX_CLASS_INDEX} classes besides background ({IGNORE_INDEX} is void)")
+    if not has_background and any(n.strip().lower() == BACKGROUND_NAME for n in names):
         raise DatasetError(f"{path}: 'background' must be class 0 if the dataset has one")
     return names, has_background
 
@@ -199,7 +198,7 @@ def _shift_lut(num_raw_classes: int, shift: int) -> np.ndarray:
     """Raw value v < num_raw_classes -> v + shift, 255 -> 255, anything else -> -1. int16 [256]."""
     lut = np.full(256, -1, dtype=np.int16)
     lut[:num_raw_classes] = np.arange(num_raw_classes) + shift
-    lut[VOID] = VOID
+    lut[IGNORE_INDEX] = IGNORE_INDEX
     return lut
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from services.data.datasets import VOID, SegmentationSource
+from services.data.datasets import SegmentationSource
+from services.labels import IGNORE_INDEX
 
 CACHE_VERSION = 1
 
@@ -40,7 +41,7 @@ def class_presence(
 
 def _mask_classes(source: SegmentationSource, index: int) -> frozenset[int]:
     counts = np.bincount(source.load_mask(index).ravel(), minlength=256)
-    counts[VOID] = 0
+    counts[IGNORE_INDEX] = 0
     return frozenset(int(c) for c in np.flatnonzero(counts))
 
 

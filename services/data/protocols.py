@@ -23,9 +23,10 @@ from typing import Literal
 
 import numpy as np
 
-from services.data.datasets import VOID, SegmentationSource
+from services.data.datasets import SegmentationSource
 from services.data.presence import class_presence
 from services.errors import InvalidInput
+from services.labels import BACKGROUND_INDEX, IGNORE_INDEX
 
 Protocol = Literal["disjoint", "overlapped"]
 OldLabels = Literal["drop", "keep"]
@@ -129,7 +130,8 @@ def build_steps(
                 + (" without a future class" if protocol == "disjoint" else "")
             )
         keep = set(new) | (set(old) if old_labels == "keep" else set())
-        steps.append(Step(k, old, new, tuple(indices), _lut(keep, default=0), _lut(set(range(seen)), default=VOID)))
+        train_lut, eval_lut = _lut(keep, default=BACKGROUND_INDEX), _lut(set(range(seen)), default=IGNORE_INDEX)
+        steps.append(Step(k, old, new, tuple(indices), train_lut, eval_lut))
     return steps
 
 
@@ -154,5 +156,5 @@ def _lut(kept: set[int], default: int) -> np.ndarray:
     lut = np.full(256, default, dtype=np.uint8)
     for c in kept:
         lut[c] = c
-    lut[VOID] = VOID
+    lut[IGNORE_INDEX] = IGNORE_INDEX
     return lut

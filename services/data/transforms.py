@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from services.labels import IGNORE_INDEX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-VOID = 255
 
 Size = int | tuple[int, int]
 
@@ -129,5 +130,5 @@ def _pad_to(img: torch.Tensor, msk: torch.Tensor, h: int, w: int) -> tuple[torch
     ph, pw = max(0, h - img.shape[1]), max(0, w - img.shape[2])
     if ph or pw:
         img = F.pad(img, (0, pw, 0, ph), value=0.0)
-        msk = F.pad(msk, (0, pw, 0, ph), value=VOID)
+        msk = F.pad(msk, (0, pw, 0, ph), value=IGNORE_INDEX)
     return img, msk

@@ -22,9 +22,8 @@ from PIL import Image
 
 from services.data.images import check_pixels, decoding
 from services.errors import InvalidInput, TooLarge
+from services.labels import BACKGROUND_INDEX, IGNORE_INDEX
 
-BACKGROUND = 0
-IGNORE = 255
 # Formats we store as uploaded; the stored key takes the format's usual extension.
 IMAGE_EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".bmp": "image/bmp", ".tif": "image/tiff",
@@ -166,7 +165,7 @@ class MaskFormat:
         values = np.asarray(im, dtype=np.uint8)  # for mode P: the palette indices, not colours
         n = len(self.local_names)
         present = np.unique(values)
-        bad = [int(v) for v in present if n < v < IGNORE]
+        bad = [int(v) for v in present if n < v < IGNORE_INDEX]
         if bad:
             raise UploadRejected(
                 f"mask {name!r} has values {listed(bad)} outside the declared classes: allowed are 0 "
@@ -180,7 +179,7 @@ class MaskFormat:
         colours, inverse = np.unique(codes, return_inverse=True)
         by_code = {(r << 16) | (g << 8) | b: k for k, cls in enumerate(self.local_names, start=1)
                    for r, g, b in [self.palette[cls]]}
-        by_code[0] = BACKGROUND
+        by_code[0] = BACKGROUND_INDEX
         unknown = [c for c in colours.tolist() if c not in by_code]
         if unknown:
             shown = ", ".join(f"[{c >> 16}, {(c >> 8) & 255}, {c & 255}]" for c in unknown[:5])

@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 import migrations
 from services.config import Settings
-from services.db.errors import DatabaseError
+from services.db.errors import DatabaseError, SchemaNotAtHead
 from services.db.session import database_url, make_engine, parse_url, unavailable
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
@@ -129,3 +129,23 @@ def _schema_lock(conn: Connection) -> Iterator[None]:
             conn.rollback()  # a failed migration leaves an aborted transaction behind
         conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
         conn.commit()
+
+
+def check_database(engine: Engine) -> str:
+    """Raise unless the database is reachable and its schema is at the migration head.
+
+    Returns the head revision. For readiness probes: DatabaseUnavailable when the server cannot
+    be reached, SchemaNotAtHead when ``strata db upgrade`` has not been run for this code.
+    """
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_heads()
+    except OperationalError as err:
+        raise unavailable(engine, err) from None
+    head = head_revision()
+    if tuple(current) != (head,):
+        at = ", ".join(current) if current else "no revision (empty database)"
+        raise SchemaNotAtHead(
+            f"database schema is not at head: it is at {at}, this code needs {head}; run `strata db upgrade`"
+        )
+    return head

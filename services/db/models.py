@@ -28,9 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from services.db.base import Base, utcnow
-
-BACKGROUND_CLASS_ID = 0
-IGNORE_INDEX = 255  # the "ignore" label in masks; never a class id
+from services.labels import IGNORE_INDEX
 
 
 class TaskStatus(StrEnum):

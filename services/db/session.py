@@ -1,4 +1,4 @@
-"""Engines, sessions and the readiness check.
+"""Engines and sessions (the readiness check of the schema is in ``migrate``).
 
 The API and the worker are separate processes writing the same database. On SQLite every
 connection therefore turns on foreign keys, WAL (readers never block the writer) and a 30 s busy
@@ -26,7 +26,6 @@ from services.db.errors import (
     DATABASE_URL_VAR,
     DatabaseError,
     DatabaseUnavailable,
-    SchemaNotAtHead,
     display_url,
 )
 
@@ -110,28 +109,3 @@ def unavailable(engine_or_url: Engine | str, err: OperationalError) -> DatabaseU
     return DatabaseUnavailable(
         f"cannot use the database at {display_url(url)} (check {DATABASE_URL_VAR}): {reason}"
     )
-
-
-def check_database(engine: Engine) -> str:
-    """Raise unless the database is reachable and its schema is at the migration head.
-
-    Returns the head revision. For readiness probes: DatabaseUnavailable when the server cannot
-    be reached, SchemaNotAtHead when ``strata db upgrade`` has not been run for this code.
-    """
-    from alembic.runtime.migration import MigrationContext
-
-    # Imported here because migrate builds its engines with make_engine from this module.
-    from services.db.migrate import head_revision
-
-    try:
-        with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_heads()
-    except OperationalError as err:
-        raise unavailable(engine, err) from None
-    head = head_revision()
-    if tuple(current) != (head,):
-        at = ", ".join(current) if current else "no revision (empty database)"
-        raise SchemaNotAtHead(
-            f"database schema is not at head: it is at {at}, this code needs {head}; run `strata db upgrade`"
-        )
-    return head

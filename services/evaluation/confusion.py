@@ -1,10 +1,10 @@
-"""A confusion matrix accumulated on torch.bincount; void (255) pixels are ignored."""
+"""A confusion matrix accumulated on torch.bincount; ignored (255) pixels are left out."""
 
 from __future__ import annotations
 
 import torch
 
-VOID = 255
+from services.labels import IGNORE_INDEX
 
 
 class ConfusionMatrix:
@@ -21,13 +21,13 @@ class ConfusionMatrix:
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
         pred, target = pred.reshape(-1).long().cpu(), target.reshape(-1).long().cpu()
-        valid = target != VOID
+        valid = target != IGNORE_INDEX
         pred, target = pred[valid], target[valid]
         c = self.num_classes
         for name, t in (("target", target), ("prediction", pred)):
             bad = t[(t < 0) | (t >= c)]
             if bad.numel():
-                raise ValueError(f"{name} holds class {int(bad[0])} outside 0..{c - 1} (255 = void)")
+                raise ValueError(f"{name} holds class {int(bad[0])} outside 0..{c - 1} ({IGNORE_INDEX} = void)")
         self.counts += torch.bincount(target * c + pred, minlength=c * c).view(c, c)
 
     def merge(self, other: "ConfusionMatrix") -> None:

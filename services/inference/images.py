@@ -15,11 +15,12 @@ from PIL import Image
 
 from services.data.images import check_pixels, decoding
 from services.inference.errors import ImageTooLarge, NotAnImage
+from services.labels import IGNORE_INDEX
 from services.registry.classes import class_colour
 
 # zlib level 1: a mask is mostly long runs, so it is nearly as small as at level 6 and much faster.
 PNG_COMPRESS_LEVEL = 1
-_PALETTE = bytes(c for i in range(256) for c in (class_colour(i) if i < 255 else (255, 255, 255)))
+_PALETTE = bytes(c for i in range(256) for c in (class_colour(i) if i != IGNORE_INDEX else (255, 255, 255)))
 
 
 def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:

@@ -27,12 +27,12 @@ from PIL import Image
 from services.data.transforms import as_hw, eval_preprocess
 from services.db.models import ModelVersion
 from services.inference.errors import ModelLoadError
-from services.jobs.classes import channel_names, channels_of
-from services.jobs.data import fetch
 from services.learning.checkpoint import load_model
+from services.learning.classmap import channel_names, channels_of
 from services.learning.trainer import autocast_dtype, resolve_device
 from services.learning.zoo import SegModel
 from services.storage import ObjectStore
+from services.storage.cache import checkpoint_path, fetch
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,6 @@ class VersionSpec:
             class_map={int(k): str(v) for k, v in row.class_map.items()}, image_size=hw,
             checkpoint_key=row.checkpoint_key, checkpoint_sha256=row.checkpoint_sha256,
         )
-
-
-def checkpoint_path(cache_dir: Path, version: int) -> Path:
-    """Where a version's checkpoint is cached locally (the worker uses the same place)."""
-    return Path(cache_dir) / "checkpoints" / str(version) / "model.pt"
 
 
 class Predictor:

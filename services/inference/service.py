@@ -193,11 +193,6 @@ class InferenceService:
         with self._lock:
             return list(self._cache)
 
-    def production_loaded(self) -> int | None:
-        """The version the production pointer serves now (None: none loaded)."""
-        with self._lock:
-            return self._production.version if self._production else None
-
     # --- leases ------------------------------------------------------------------------------
     async def _acquire(self, ref: str | int | None) -> Served:
         if ref is None or ref == PRODUCTION:

@@ -1,7 +1,7 @@
-"""Claiming a task for training, and finishing it: the task row is the job's state.
+"""Deciding whether this worker runs a task now, and from which version.
 
 Redelivery (a killed worker, a broker restart, the recovery sweep at worker start) may hand the
-same task id to a worker more than once; these functions make that safe:
+same task id to a worker more than once; ``claim`` makes that safe:
 - a finished task (succeeded, failed, cancelled) is skipped;
 - a task another live worker is running is "not ready": retried later, and taken over once
   that worker is gone;
@@ -12,22 +12,14 @@ same task id to a worker more than once; these functions make that safe:
 from __future__ import annotations
 
 import enum
-import os
-import socket
 from dataclasses import dataclass
-from datetime import timedelta
 
-from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from services.db.base import utcnow
-from services.db.models import SemanticClass, Task, TaskStatus, WorkerHeartbeat
-
-FINISHED = {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED}
-# A running task whose worker (on another machine) has not been heard of for this long is taken
-# over. Workers report at least every few seconds while training; scoring and uploading a large
-# checkpoint can be quiet for a while, hence the margin.
-STALE_AFTER = timedelta(minutes=5)
+from services.db.models import Task, TaskStatus
+from services.jobs import lifecycle
+from services.jobs.heartbeats import holders, is_alive
+from services.jobs.spec import ResolvedSpec
 
 
 class Claim(enum.Enum):
@@ -51,77 +43,35 @@ def resolve_parent(session: Session, task: Task) -> tuple[bool, int | None]:
     with nothing pending starts from the production version of that moment (None: the base model).
     """
     current = task
-    while after_id := (current.spec or {}).get("after_task_id"):
+    while after_id := ResolvedSpec.of(current).after_task_id:
         before = session.get(Task, after_id)
         if before is None:
             break
         if before.status == TaskStatus.SUCCEEDED:
             return True, before.model_version
-        if before.status not in FINISHED:
+        if before.status not in lifecycle.FINISHED:
             return False, None
         current = before
     return True, current.parent_version
 
 
-def _alive(row: WorkerHeartbeat) -> bool:
-    """A worker on this machine is alive iff its process is; elsewhere, iff it reported lately."""
-    host, _, pid = row.hostname.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True  # exists, under another user
-        return True
-    return utcnow() - row.last_seen < STALE_AFTER
-
-
-def _running_elsewhere(session: Session, task: Task, me: str) -> bool:
-    rows = session.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.current_task_id == task.id))
-    return any(r.hostname != me and _alive(r) for r in rows)
-
-
 def claim(session: Session, task_id: str, me: str) -> ClaimResult:
-    """Decide whether this worker runs the task now; on RUN the row is marked running (caller commits)."""
+    """Decide whether this worker runs the task now; on RUN the task is started (caller commits)."""
     # Row lock on Postgres (SQLite's BEGIN IMMEDIATE already serialises): two workers handed the
     # same id at once must not both start it.
     task = session.get(Task, task_id, with_for_update=True)
     if task is None:
         return ClaimResult(Claim.SKIP, f"task {task_id} does not exist")
-    if task.status in FINISHED:
+    if task.status in lifecycle.FINISHED:
         return ClaimResult(Claim.SKIP, f"task {task_id} is already {task.status}")
     if task.cancel_requested:
-        finish_cancelled(session, task, "cancelled before training started")
+        lifecycle.cancel(session, task, "cancelled before training started")
         return ClaimResult(Claim.SKIP, f"task {task_id} was cancelled")
-    if task.status == TaskStatus.RUNNING and _running_elsewhere(session, task, me):
+    if task.status == TaskStatus.RUNNING and any(r.hostname != me and is_alive(r) for r in holders(session, task.id)):
         # Not SKIP: if that worker dies, this message is what brings the task back.
         return ClaimResult(Claim.NOT_READY, f"task {task_id} is running on another live worker")
     ready, parent = resolve_parent(session, task)
     if not ready:
-        return ClaimResult(Claim.NOT_READY, f"task {task_id} waits for {task.spec.get('after_task_id')}")
-    task.status = TaskStatus.RUNNING
-    task.parent_version = parent
-    task.started_at = task.started_at or utcnow()
-    task.attempts = (task.attempts or 0) + 1
-    task.error = None
+        return ClaimResult(Claim.NOT_READY, f"task {task_id} waits for {ResolvedSpec.of(task).after_task_id}")
+    lifecycle.start(task, parent)
     return ClaimResult(Claim.RUN, "claimed", parent)
-
-
-def release_classes(session: Session, task: Task) -> None:
-    """A task that produced nothing gives its class names back (its indices stay burnt)."""
-    session.execute(delete(SemanticClass).where(SemanticClass.task_id == task.id))
-
-
-def finish_failed(session: Session, task: Task, error: str) -> None:
-    task.status = TaskStatus.FAILED
-    task.error = error[:4000]
-    task.finished_at = utcnow()
-    release_classes(session, task)
-
-
-def finish_cancelled(session: Session, task: Task, reason: str) -> None:
-    task.status = TaskStatus.CANCELLED
-    task.error = reason
-    task.finished_at = utcnow()
-    release_classes(session, task)

@@ -1,4 +1,4 @@
-"""Everything a training step needs from the database, read in one short session.
+"""Everything a training step needs from the database, read in one short session: ``StepPlan``.
 
 The plan is plain data, so no session stays open across downloads or training (on SQLite an open
 transaction blocks every other writer).
@@ -7,15 +7,14 @@ transaction blocks every other writer).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.db.models import BACKGROUND_CLASS_ID, DatasetItem, ModelVersion, SemanticClass, Split, Task
-from services.jobs.data import items_of
-
-DEFAULT_ARCH = "deeplabv3_resnet101"
+from services.db.models import DatasetItem, SemanticClass, Split, Task
+from services.jobs.spec import ResolvedSpec
+from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME
+from services.registry.versions import lineage
 
 
 @dataclass(frozen=True)
@@ -34,13 +33,15 @@ class ParentRef:
     class_map: dict[int, str]
     checkpoint_key: str
     checkpoint_sha256: str
+    depth: int  # versions from the lineage's base model to this one, itself included
 
 
 @dataclass(frozen=True)
 class ScoringTask:
+    """A task that introduced classes of the new version: they are scored on its validation images."""
+
     task_id: str
-    spec: dict[str, Any]
-    assigned: dict[str, int]
+    spec: ResolvedSpec
     introduced: list[int]
     val_items: list[ItemRef]
 
@@ -48,8 +49,7 @@ class ScoringTask:
 @dataclass(frozen=True)
 class StepPlan:
     task_id: str
-    spec: dict[str, Any]
-    assigned: dict[str, int]
+    spec: ResolvedSpec
     parent: ParentRef | None
     architecture: str
     class_map: dict[int, str]  # the new version's classes: global index -> name
@@ -64,57 +64,49 @@ class StepPlan:
     def new_classes(self) -> list[int]:
         return sorted(set(self.class_map) - set(self.old_classes))
 
+    @property
+    def step_index(self) -> int:
+        """The step's place in its lineage: 0 for a base model."""
+        return self.parent.depth if self.parent else 0
 
-def _ref(item: DatasetItem) -> ItemRef:
-    return ItemRef(item.task_id, item.image_key, item.image_sha256, item.mask_key, item.mask_sha256)
 
-
-def assigned_classes(task: Task) -> dict[str, int]:
-    return {name: int(i) for name, i in (task.spec or {}).get("assigned_classes", {}).items()}
+def items_of(session: Session, task_id: str, split: Split | str) -> list[ItemRef]:
+    stmt = select(DatasetItem).where(DatasetItem.task_id == task_id, DatasetItem.split == split)
+    return [ItemRef(i.task_id, i.image_key, i.image_sha256, i.mask_key, i.mask_sha256)
+            for i in session.scalars(stmt.order_by(DatasetItem.stem))]
 
 
 def build_plan(session: Session, task_id: str, parent_version: int | None) -> StepPlan:
     task = session.get(Task, task_id)
-    assigned = assigned_classes(task)
+    spec = ResolvedSpec.of(task)
+    chain = lineage(session, parent_version) if parent_version is not None else []
     parent = None
-    if parent_version is not None:
-        row = session.get(ModelVersion, parent_version)
+    if chain:
+        row = chain[-1]
         parent = ParentRef(row.version, row.architecture, {int(k): v for k, v in row.class_map.items()},
-                           row.checkpoint_key, row.checkpoint_sha256)
+                           row.checkpoint_key, row.checkpoint_sha256, depth=len(chain))
         class_map = {**parent.class_map}
         architecture = parent.architecture
     else:
-        class_map = {BACKGROUND_CLASS_ID: "background"}
-        architecture = task.spec.get("model") or DEFAULT_ARCH
-    class_map.update({i: name for name, i in assigned.items()})
+        class_map = {BACKGROUND_INDEX: BACKGROUND_NAME}
+        architecture = spec.model
+    class_map.update({i: name for name, i in spec.assigned_classes.items()})
+    root_task = chain[0].task_id if chain else task.id  # the lineage's first task: where background is scored
     return StepPlan(
-        task_id=task.id, spec=dict(task.spec), assigned=assigned, parent=parent, architecture=architecture,
+        task_id=task.id, spec=spec, parent=parent, architecture=architecture,
         class_map=dict(sorted(class_map.items())),
-        train_items=[_ref(i) for i in items_of(session, task.id, Split.TRAIN)],
-        scoring=_scoring_tasks(session, task, class_map, parent_version),
+        train_items=items_of(session, task.id, Split.TRAIN),
+        scoring=_scoring_tasks(session, class_map, root_task),
     )
 
 
-def _root_task_id(session: Session, task: Task, parent_version: int | None) -> str:
-    """The task that trained the lineage's base model: where background is scored."""
-    version = parent_version
-    root = task.id
-    while version is not None:
-        row = session.get(ModelVersion, version)
-        root, version = row.task_id, row.parent_version
-    return root
-
-
-def _scoring_tasks(session: Session, task: Task, class_map: dict[int, str], parent_version: int | None) -> list[ScoringTask]:
+def _scoring_tasks(session: Session, class_map: dict[int, str], root_task: str) -> list[ScoringTask]:
     introduced: dict[str, list[int]] = {}
     rows = session.scalars(select(SemanticClass).where(SemanticClass.id.in_(list(class_map))))
     for row in rows:
         if row.task_id is not None:
             introduced.setdefault(row.task_id, []).append(row.id)
-    introduced.setdefault(_root_task_id(session, task, parent_version), []).append(BACKGROUND_CLASS_ID)
-    out = []
-    for tid, indices in introduced.items():
-        t = session.get(Task, tid)
-        out.append(ScoringTask(tid, dict(t.spec), assigned_classes(t), sorted(indices),
-                               [_ref(i) for i in items_of(session, tid, Split.VAL)]))
-    return out
+    introduced.setdefault(root_task, []).append(BACKGROUND_INDEX)
+    return [ScoringTask(tid, ResolvedSpec.of(session.get(Task, tid)), sorted(indices),
+                        items_of(session, tid, Split.VAL))
+            for tid, indices in introduced.items()]

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from services.labels import IGNORE_INDEX
+from services.learning.config import TrainConfig
 from services.learning.growth import grow_classifier
 from services.learning.methods import build_method
 from services.learning.trainer import (
-    TrainConfig,
     autocast_dtype,
     build_optimizer,
     build_scaler,
@@ -61,7 +62,7 @@ def make_setup(
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(batch_size, 3, image_size, image_size, generator=gen)
     labels = torch.randint(0, num_old + num_new, (batch_size, image_size, image_size), generator=gen)
-    labels[:, :2] = 255  # a void border, as real masks have
+    labels[:, :2] = IGNORE_INDEX  # a void border, as real masks have
     return BenchSetup(dev, autocast_dtype(dev, amp), teacher, student,
                       images.to(dev, memory_format=fmt), labels.to(dev), config)
 
@@ -92,7 +93,7 @@ def bare_step(setup: BenchSetup) -> StepFn:
 
     def step() -> None:
         with torch.autocast(setup.device.type, dtype=setup.amp_dtype, enabled=use_amp):
-            loss = F.cross_entropy(model(setup.images).logits.float(), setup.labels, ignore_index=255)
+            loss = F.cross_entropy(model(setup.images).logits.float(), setup.labels, ignore_index=IGNORE_INDEX)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

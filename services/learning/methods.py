@@ -24,7 +24,8 @@ Defaults: lambda_D = 1 and lambda_E = 50, the ILT authors' code, with L'_D in th
 (a sum over old classes; MiB's ILT re-implementation uses 100/100 with its class-averaged
 normalisation). lambda_U = 10 with the class-averaged unbiased KD: MiB's published setting.
 
-``DEFAULT_METHOD`` (``mib``, from ``names``) is what a task gets when it names no method.
+``names.DEFAULT_METHOD`` (``mib``) is what a task gets when it names no method; the default weights
+live with the engine's other defaults in ``config``.
 ``num_old_classes`` counts the previous model's channels (background included). With 0 there
 is no previous model (step 0): every method then trains with plain L_CE, as in both papers.
 """
@@ -37,15 +38,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from services.learning import losses
-from services.learning.names import DEFAULT_METHOD, METHODS  # noqa: F401 (re-exported)
+from services.learning.config import DEFAULT_LAMBDA_D, DEFAULT_LAMBDA_E, DEFAULT_LAMBDA_U, LD_FORMS, WEIGHT_NAMES
+from services.learning.names import METHODS
 from services.learning.zoo import SegModel, SegOutput
-
-DEFAULT_LAMBDA_D = 1.0
-DEFAULT_LAMBDA_E = 50.0
-DEFAULT_LAMBDA_U = 10.0
-WEIGHT_NAMES: tuple[str, ...] = ("lambda_d", "lambda_e", "lambda_u")
-LD_FORMS: tuple[str, ...] = ("paper", "mib")
-
 
 
 class Piece:

@@ -1,4 +1,5 @@
-"""Names of the architectures and methods, importable without torch (for CLI parsers)."""
+"""Names of the architectures and methods, and the defaults among them: importable without torch
+(for CLI parsers and the task spec)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ ARCHITECTURES: tuple[str, ...] = (
     "lraspp_mobilenet_v3_large",
     "fcn_resnet50",
 )
+# What a service's first task trains when it names no model: the papers' network.
+DEFAULT_ARCHITECTURE = "deeplabv3_resnet101"
+# What `strata experiment` and the benchmarks default to: small enough to train on a CPU.
+SMALL_ARCHITECTURE = "lraspp_mobilenet_v3_large"
 
 METHODS: tuple[str, ...] = ("ft", "joint", "ld", "le", "ef", "ef+ld", "ld+le", "mib")
 # What a service task may ask for: "joint" needs every earlier step's images, which the service
@@ -21,3 +26,6 @@ SERVICE_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "joint")
 # where ILT's losses at their published weights keep at most 18; E_F + L'_D, ILT's best, is the
 # better choice only when the new images keep their old labels (`also_labelled`).
 DEFAULT_METHOD = "mib"
+
+# What a step with no previous model trains with, whatever its method: plain cross-entropy.
+BASE_METHOD = "ft"

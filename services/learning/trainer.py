@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from services.labels import IGNORE_INDEX
 from services.learning.checkpoint import (
     LoadedModel,
     capture_rng_state,
@@ -39,51 +39,17 @@ from services.learning.checkpoint import (
     save_model,
     save_training_state,
 )
-from services.learning.losses import IGNORE_INDEX
+from services.learning.config import RESUME_FIELDS, TrainConfig
 from services.learning.methods import Method
 from services.learning.zoo import SegModel, SegOutput
 
 __all__ = [
-    "TrainConfig", "Progress", "TrainingCancelled", "train", "train_step", "resolve_device",
+    "Progress", "TrainingCancelled", "train", "train_step", "resolve_device",
     "autocast_dtype", "build_optimizer", "build_scheduler", "build_scaler", "save_model", "load_model",
     "LoadedModel",
 ]
 
 log = logging.getLogger(__name__)
-
-# Config fields a resumed run must share with the run that wrote the checkpoint: they change the
-# result. The others (device, workers, layout, logging) only change how fast it comes.
-RESUME_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_power", "seed", "amp")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one training step (defaults: the ILT/MiB DeepLab recipe)."""
-
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_power: float = 0.9  # poly decay per iteration: lr * (1 - it / total) ** lr_power
-    seed: int = 0
-    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
-    amp: bool = True  # CUDA only: bf16 autocast when supported, else fp16 + GradScaler
-    channels_last: bool = True  # CUDA only
-    num_workers: int = 0
-    log_every: int = 10  # steps between on_progress calls (the last step of an epoch always reports)
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "log_every"):
-            _require(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 1, "an int >= 1")
-        _require("num_workers", self.num_workers, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
-        _require("seed", self.seed, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
-        _require("lr", self.lr, lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
-        for name in ("momentum", "weight_decay", "lr_power"):
-            _require(name, getattr(self, name), lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ValueError(f"TrainConfig.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-
 
 @dataclass(frozen=True)
 class Progress:
@@ -350,13 +316,3 @@ class _Reporter:
             images_per_s=self.images / max(now - self.since, 1e-9), terms=values,
         ))
         self.since, self.images = time.perf_counter(), 0
-
-
-def _require(name: str, value: Any, ok: Callable[[Any], bool], what: str) -> None:
-    try:
-        good = not isinstance(value, bool) and ok(value)
-    except TypeError:
-        good = False
-    if not good:
-        raise ValueError(f"TrainConfig.{name} must be {what}, got {value!r}")
-

@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.db.models import SemanticClass
+from services.labels import BACKGROUND_INDEX, MAX_CLASS_INDEX
 
 
 def list_classes(session: Session) -> list[SemanticClass]:
@@ -16,12 +17,12 @@ def list_classes(session: Session) -> list[SemanticClass]:
 def class_colour(index: int) -> tuple[int, int, int]:
     """The display colour of a global class index: the Pascal VOC colour map.
 
-    Fixed for all versions (index 0 = black background), distinct for indices 0..254, so a
+    Fixed for all versions (index 0 = black background), distinct for every class index (0..254), so a
     legend stays valid when classes are added. Bits of the index are spread over R, G and B
     from the most significant bit down.
     """
-    if not 0 <= index <= 254:
-        raise ValueError(f"class index {index} has no colour: indices run from 0 to 254")
+    if not BACKGROUND_INDEX <= index <= MAX_CLASS_INDEX:
+        raise ValueError(f"class index {index} has no colour: indices run from {BACKGROUND_INDEX} to {MAX_CLASS_INDEX}")
     r = g = b = 0
     c = index
     for shift in range(7, -1, -1):

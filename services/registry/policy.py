@@ -25,9 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.config import Settings
-from services.registry.metrics import POINTS_PER_IOU, ClassIous, forgetting_vs_parent
+from services.evaluation.metrics import forgetting_vs
 
 TOLERANCE_POINTS = 1e-9  # a drop exactly at the limit passes despite float rounding
+# IoU values are fractions in [0, 1] everywhere in storage and the API; "points" (IoU x 100) are
+# used only where the policy talks to people, as its threshold does.
+POINTS_PER_IOU = 100.0
+
+ClassIous = Mapping[int, float | None]
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ def _check_lineage(c: Candidate) -> tuple[bool, str]:
 def _old_class_drops(c: Candidate) -> dict[int, float]:
     """{old class: IoU points lost vs the parent} for old classes scored in both versions."""
     old = set(c.old_classes)
-    return {k: v * POINTS_PER_IOU for k, v in forgetting_vs_parent(c.parent_ious, c.ious).items() if k in old}
+    return {k: v * POINTS_PER_IOU for k, v in forgetting_vs(c.parent_ious, c.ious).items() if k in old}
 
 
 def _check_forgetting(policy: PromotionPolicy, c: Candidate, drops: dict[int, float]) -> list[tuple[bool, str]]:

@@ -10,10 +10,10 @@ from sqlalchemy.orm import Session
 
 from services.config import Settings
 from services.db.models import ModelVersion
+from services.evaluation.metrics import forgetting
 from services.registry.aliases import PRODUCTION, aliases_by_version, get_alias
-from services.registry.metrics import forgetting_vs_best, ious_of
 from services.registry.policy import Candidate, PromotionDecision, PromotionPolicy, decide
-from services.registry.versions import lineage, resolve_version
+from services.registry.versions import ious_of, lineage, resolve_version
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def describe_version(session: Session, settings: Settings, ref: str | int) -> Ve
 
 def _class_reports(row: ModelVersion, chain: list[ModelVersion], old: set[int]) -> list[ClassReport]:
     scored = {m.class_index: m for m in row.metrics}
-    best = forgetting_vs_best([ious_of(v) for v in chain])
+    best = forgetting([ious_of(v) for v in chain])
     out = []
     for index, name in sorted((int(k), v) for k, v in row.class_map.items()):
         m = scored.get(index)

@@ -17,13 +17,22 @@ from sqlalchemy.orm import Session
 
 from services.config import Settings, get_settings
 from services.db.models import ClassMetric, ModelVersion, SemanticClass, Task
+from services.evaluation.metrics import forgetting_vs, iou_from_counts, mean
 from services.registry.aliases import LATEST, PRODUCTION, get_alias, set_alias
 from services.registry.errors import InvalidVersionRecord, VersionNotFound
-from services.registry.metrics import forgetting_vs_parent, ious_of, mean_iou
 from services.registry.policy import Candidate, PromotionDecision, PromotionPolicy, decide
 
 IOU_TOLERANCE = 1e-6
 Score = tuple[float | None, int, int, int]  # (iou or None, tp, fp, fn)
+
+
+def ious_of(version: ModelVersion) -> dict[int, float | None]:
+    """{class index: IoU or None} of a version's stored metrics."""
+    return {m.class_index: m.iou for m in version.metrics}
+
+
+def _mean_of(ious: Mapping[int, float | None], classes: Iterable[int]) -> float | None:
+    return mean(ious.get(c) for c in classes)
 
 
 def list_versions(session: Session) -> list[ModelVersion]:
@@ -108,13 +117,13 @@ def record_version(
     scores = _check_metrics(classes, metrics)
     ious = {c: s[0] for c, s in scores.items()}
     parent_ious = ious_of(parent) if parent else {}
-    forgetting = forgetting_vs_parent(parent_ious, ious)
+    forgetting = forgetting_vs(parent_ious, ious)
     row = ModelVersion(
         version=version or next_version_number(session), parent_version=parent_version, task_id=task.id,
         architecture=architecture, method=method, hyperparameters=dict(hyperparameters),
         class_map={str(k): v for k, v in classes.items()}, num_classes=len(classes),
         checkpoint_key=checkpoint_key, checkpoint_sha256=checkpoint_sha256, checkpoint_bytes=checkpoint_bytes,
-        miou_old=mean_iou(ious, old), miou_new=mean_iou(ious, new), miou_all=mean_iou(ious, classes),
+        miou_old=_mean_of(ious, old), miou_new=_mean_of(ious, new), miou_all=_mean_of(ious, classes),
         metrics=[ClassMetric(class_index=c, iou=iou, tp=tp, fp=fp, fn=fn, forgetting=forgetting.get(c))
                  for c, (iou, tp, fp, fn) in sorted(scores.items())],
     )
@@ -175,14 +184,14 @@ def _check_score(index: int, score: Score) -> Score:
         raise InvalidVersionRecord(f"class {index}: a score is (iou or None, tp, fp, fn), got {score!r}") from None
     if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in (tp, fp, fn)):
         raise InvalidVersionRecord(f"class {index}: tp, fp, fn must be non-negative integers, got {(tp, fp, fn)}")
-    denom = tp + fp + fn
+    expected = iou_from_counts(tp, fp, fn)
     if iou is None:
-        if denom:
-            raise InvalidVersionRecord(f"class {index}: IoU is None but tp + fp + fn = {denom} > 0")
+        if expected is not None:
+            raise InvalidVersionRecord(f"class {index}: IoU is None but tp + fp + fn = {tp + fp + fn} > 0")
         return None, tp, fp, fn
     if not isinstance(iou, (int, float)) or not math.isfinite(iou) or not 0.0 <= iou <= 1.0:
         raise InvalidVersionRecord(f"class {index}: IoU must be a number in [0, 1] or None, got {iou!r}")
-    if denom == 0 or abs(iou - tp / denom) > IOU_TOLERANCE:
+    if expected is None or abs(iou - expected) > IOU_TOLERANCE:
         raise InvalidVersionRecord(
-            f"class {index}: IoU {iou} does not match tp / (tp + fp + fn) = {tp}/{denom}")
+            f"class {index}: IoU {iou} does not match tp / (tp + fp + fn) = {tp}/{tp + fp + fn}")
     return float(iou), tp, fp, fn

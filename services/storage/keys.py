@@ -67,3 +67,30 @@ def _key_problem(key: str) -> str | None:
     if segments[0] == RESERVED_PREFIX:
         return f"'{RESERVED_PREFIX}/' is reserved for the store's own files"
     return None
+
+
+# --- the key layout (docs/storage.md): every key Strata writes is built here ----------------------
+def dataset_prefix(task_id: str) -> str:
+    """Everything a task uploaded (the trailing '/' keeps task 7 from matching task 70)."""
+    return validate_prefix(f"datasets/{task_id}/")
+
+
+def dataset_image_key(task_id: str, stem: str, extension: str) -> str:
+    """An uploaded image, stored as sent; ``extension`` is its format's, with the dot."""
+    return validate_key(f"datasets/{task_id}/images/{stem}{extension}")
+
+
+def dataset_mask_key(task_id: str, stem: str) -> str:
+    """An uploaded mask, stored in the task's local index form (always PNG)."""
+    return validate_key(f"datasets/{task_id}/masks/{stem}.png")
+
+
+def checkpoint_key(version: int, sha256: str) -> str:
+    """A version's model file. The digest in the name: two attempts that raced to the same version
+    number can never overwrite the bytes a recorded version points at."""
+    return validate_key(f"checkpoints/{version}/model-{sha256[:16]}.pt")
+
+
+def training_state_key(task_id: str) -> str:
+    """A running task's newest epoch checkpoint, so another machine can resume it."""
+    return validate_key(f"training/{task_id}/last.pt")

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
+from api.queue import TaskQueue
 from services.auth import create_key
 from services.db.models import DatasetItem, SemanticClass, Task, TaskStatus
 from services.db.session import make_engine, make_session_factory, session_scope
 from services.storage import open_store
-from worker.app import create_celery
 
 
 # --- helpers (also used by test_tasks_bad_input) --------------------------------------------------
@@ -83,8 +83,7 @@ def leftovers(settings) -> dict[str, int]:
 
 def queued_messages(settings) -> int:
     """Messages waiting on the training queue (nothing consumes them in these tests)."""
-    app = create_celery(settings)
-    with app.connection_for_write() as conn:
+    with TaskQueue(settings).app.connection_for_write() as conn:
         return conn.default_channel.queue_declare(settings.training_queue, passive=False).message_count
 
 

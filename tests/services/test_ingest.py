@@ -16,16 +16,12 @@ from services.data.multipart import Received
 from services.data.upload import ReceivedFile, UploadRejected
 from services.db.models import Alias, DatasetItem, ModelVersion, SemanticClass, Task, TaskStatus
 from services.db.session import make_engine, make_session_factory, session_scope
-from services.ingest import (
-    IdempotencyMismatch,
-    IngestLimits,
-    RegistrationConflict,
-    register_task,
-    validation_stems,
-)
+from services.jobs.errors import IdempotencyMismatch, RegistrationConflict, TaskFinished
+from services.jobs.lifecycle import request_cancel as cancel_task
+from services.jobs.registration import IngestLimits, register_task, validation_stems
+from services.jobs.spec import parse_spec
+from services.jobs.views import list_task_views, progress_view, task_view
 from services.storage import open_store
-from services.task_spec import parse_spec
-from services.tasks import TaskFinished, cancel_task, list_task_views, progress_view, task_view
 
 
 # --- helpers ------------------------------------------------------------------------------------

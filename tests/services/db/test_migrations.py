@@ -12,7 +12,8 @@ from services.config import Settings
 from services.db import migrate
 from services.db.base import Base
 from services.db.errors import DatabaseUnavailable, SchemaNotAtHead
-from services.db.session import check_database, make_engine
+from services.db.migrate import check_database
+from services.db.session import make_engine
 
 TABLES = {
     "aliases",

@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from services.db.models import ModelVersion, SemanticClass, Task
 from services.db.session import session_scope
-from services.jobs.classes import channel_names
 from services.learning.checkpoint import save_model
+from services.learning.classmap import channel_names
 from services.learning.zoo import SegModel, build_model
 from services.registry.aliases import promote
 from services.registry.versions import get_version, record_version

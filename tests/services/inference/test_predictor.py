@@ -9,11 +9,12 @@ import torch
 
 from services.data.transforms import eval_preprocess
 from services.inference.errors import ModelLoadError
-from services.inference.predictor import Predictor, VersionSpec, checkpoint_path
-from services.jobs.classes import channels_of
+from services.inference.predictor import Predictor, VersionSpec
 from services.learning.checkpoint import save_model, sha256_file
+from services.learning.classmap import channels_of
 from services.learning.zoo import build_model
 from services.storage import FilesystemStore
+from services.storage.cache import checkpoint_path
 from tests.services.inference.helpers import ARCH, constant_model, random_image
 
 # Global indices are not the channels: channel 0 -> 0, 1 -> 2, 2 -> 5.

@@ -9,8 +9,8 @@ import pytest
 from services.db.base import utcnow
 from services.db.models import ModelVersion, SemanticClass, Task, TaskStatus, WorkerHeartbeat
 from services.db.session import make_engine, make_session_factory, session_scope
-from services.jobs.claim import Claim, claim, finish_failed, resolve_parent
-from services.jobs.classes import channel_names, channels_of, local_to_channel_lut
+from services.jobs.claim import Claim, claim, resolve_parent
+from services.jobs.lifecycle import fail
 
 
 @pytest.fixture
@@ -22,7 +22,8 @@ def sessions(prepared):
 
 def add_task(s, status=TaskStatus.QUEUED, after=None, parent=None, **spec) -> Task:
     task = Task(status=status, parent_version=parent,
-                spec={"classes": ["x"], "after_task_id": after, "assigned_classes": {}, **spec})
+                spec={"classes": ["x"], "method": "mib", "model": "lraspp_mobilenet_v3_large", "after_task_id": after,
+                      "assigned_classes": {}, **spec})
     s.add(task)
     s.flush()
     return task
@@ -59,7 +60,7 @@ def test_behind_a_failed_task_a_step_starts_from_what_that_one_would_have(sessio
         add_version(s, base, 1)
         failed = add_task(s, parent=1)
         waiting = add_task(s, after=failed.id)
-        finish_failed(s, failed, "boom")
+        fail(s, failed, "boom")
         assert resolve_parent(s, waiting) == (True, 1)
 
 
@@ -91,19 +92,6 @@ def test_failing_releases_the_class_names(sessions):
         task = add_task(s)
         s.add(SemanticClass(id=7, name="bus", task_id=task.id))
         s.flush()
-        finish_failed(s, task, "out of memory")
+        fail(s, task, "out of memory")
         s.flush()
         assert s.get(SemanticClass, 7) is None and task.status == TaskStatus.FAILED
-
-
-def test_local_mask_values_map_to_channels_in_global_index_order():
-    class_map = {0: "background", 1: "car", 2: "person", 5: "bus"}  # index 3, 4 burnt by failed tasks
-    assert channels_of(class_map) == [0, 1, 2, 5]
-    assert channel_names(class_map) == {0: "background", 1: "car", 2: "person", 3: "bus"}
-    spec = {"classes": ["bus"], "also_labelled": ["person"]}
-    lut = local_to_channel_lut(spec, {"bus": 5}, class_map)
-    assert (lut[0], lut[1], lut[2], lut[255]) == (0, 3, 2, 255)
-    # Scoring an older version that never knew "bus": its pixels are background to it.
-    assert local_to_channel_lut(spec, {"bus": 5}, {0: "background", 1: "car", 2: "person"})[1] == 0
-    # A model without the also-labelled "person" (rolled back past it) ignores those pixels.
-    assert local_to_channel_lut(spec, {"bus": 5}, {0: "background", 1: "car", 5: "bus"})[2] == 255

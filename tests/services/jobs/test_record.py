@@ -6,8 +6,10 @@ import pytest
 
 from services.db.models import SemanticClass, Task, TaskStatus
 from services.db.session import make_engine, make_session_factory, session_scope
+from services.jobs.context import JobContext
 from services.jobs.plan import StepPlan
-from services.jobs.train_task import JobContext, _record
+from services.jobs.record import record_step
+from services.jobs.spec import ResolvedSpec
 from services.learning.zoo import build_model
 from services.registry.errors import InvalidVersionRecord
 from services.storage import open_store
@@ -21,14 +23,16 @@ def ctx(prepared):
 
 
 def plan_for(task_id: str, class_map: dict[int, str]) -> StepPlan:
-    return StepPlan(task_id=task_id, spec={"classes": ["cat"], "epochs": 1, "batch_size": 1, "image_size": 32},
-                    assigned={"cat": 1}, parent=None, architecture="lraspp_mobilenet_v3_large",
+    spec = ResolvedSpec(classes=["cat"], epochs=1, batch_size=1, image_size=32, method="mib",
+                        model="lraspp_mobilenet_v3_large", assigned_classes={"cat": 1})
+    return StepPlan(task_id=task_id, spec=spec, parent=None, architecture="lraspp_mobilenet_v3_large",
                     class_map=class_map, train_items=[], scoring=[])
 
 
 def add_task(ctx, *class_rows: tuple[int, str]) -> str:
     with session_scope(ctx.sessions) as s:
-        task = Task(status=TaskStatus.RUNNING, spec={"classes": ["cat"]})
+        task = Task(status=TaskStatus.RUNNING, spec={"classes": ["cat"], "method": "mib",
+                                                     "model": "lraspp_mobilenet_v3_large"})
         s.add(task)
         s.flush()
         for index, name in class_rows:
@@ -39,7 +43,7 @@ def add_task(ctx, *class_rows: tuple[int, str]) -> str:
 def test_a_recorded_step_is_one_version_with_its_checkpoint(ctx):
     task_id = add_task(ctx, (0, "background"), (1, "cat"))
     model = build_model("lraspp_mobilenet_v3_large", 2)
-    version = _record(ctx, plan_for(task_id, {0: "background", 1: "cat"}), model, {0: "background", 1: "cat"}, {}, "ft")
+    version = record_step(ctx, plan_for(task_id, {0: "background", 1: "cat"}), model, {}, "ft")
     keys = [o.key for o in ctx.store.list("checkpoints/")]
     assert version == 1 and len(keys) == 1 and keys[0].startswith("checkpoints/1/model-")
     with ctx.sessions() as s:
@@ -51,7 +55,7 @@ def test_a_step_that_cannot_be_recorded_leaves_no_checkpoint_behind(ctx):
     task_id = add_task(ctx, (0, "background"))  # "cat" is missing from the classes table
     model = build_model("lraspp_mobilenet_v3_large", 2)
     with pytest.raises(InvalidVersionRecord):
-        _record(ctx, plan_for(task_id, {0: "background", 1: "cat"}), model, {0: "background", 1: "cat"}, {}, "ft")
+        record_step(ctx, plan_for(task_id, {0: "background", 1: "cat"}), model, {}, "ft")
     assert list(ctx.store.list("checkpoints/")) == []
     with ctx.sessions() as s:
         assert s.get(Task, task_id).model_version is None

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from services.learning.checkpoint import load_training_state
+from services.learning.config import TrainConfig
 from services.learning.growth import grow_classifier
 from services.learning.methods import build_method
 from services.learning.trainer import (
     Progress,
-    TrainConfig,
     TrainingCancelled,
     autocast_dtype,
     build_scaler,

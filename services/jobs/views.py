@@ -1,4 +1,4 @@
-"""Training tasks as the API shows them: queries, the public view of progress, cancellation."""
+"""Training tasks as the API shows them: queries and the public view of their progress."""
 
 from __future__ import annotations
 
@@ -11,20 +11,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.db.base import utcnow
 from services.db.models import DatasetItem, Split, Task, TaskStatus
-from services.errors import Conflict, NotFound
-from services.jobs.claim import FINISHED, finish_cancelled
+from services.errors import InvalidInput
+from services.jobs.lifecycle import get_task
+from services.jobs.spec import ResolvedSpec
 
 DEFAULT_LIMIT = 100
-
-
-class TaskNotFound(NotFound):
-    """No task with that id (HTTP 404)."""
-
-
-class TaskFinished(Conflict):
-    """The task already finished: nothing to cancel (HTTP 409)."""
 
 
 @dataclass(frozen=True)
@@ -62,14 +54,6 @@ class TaskView:
     items: dict[str, int]  # {"train": n, "val": m}
 
 
-# --- reading ------------------------------------------------------------------------------------
-def get_task(session: Session, task_id: str) -> Task:
-    task = session.get(Task, task_id)
-    if task is None:
-        raise TaskNotFound(f"no task with id {task_id!r}")
-    return task
-
-
 def task_view(session: Session, task_id: str) -> TaskView:
     task = get_task(session, task_id)
     return view_of(task, item_counts(session, [task.id]).get(task.id))
@@ -78,7 +62,7 @@ def task_view(session: Session, task_id: str) -> TaskView:
 def list_task_views(session: Session, status: str | None = None, limit: int = DEFAULT_LIMIT) -> list[TaskView]:
     """Newest first, optionally only those with ``status``."""
     if status is not None and status not in set(TaskStatus):
-        raise ValueError(f"unknown status {status!r}; choose one of {', '.join(s.value for s in TaskStatus)}")
+        raise InvalidInput(f"unknown status {status!r}; choose one of {', '.join(s.value for s in TaskStatus)}")
     stmt = select(Task).order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
     if status is not None:
         stmt = stmt.where(Task.status == status)
@@ -100,12 +84,12 @@ def item_counts(session: Session, task_ids: Sequence[str]) -> dict[str, dict[str
 
 
 def view_of(task: Task, counts: Mapping[str, int] | None) -> TaskView:
-    spec = task.spec or {}
+    spec = ResolvedSpec.of(task)
     running = task.status == TaskStatus.RUNNING
     return TaskView(
-        id=task.id, status=task.status, classes=dict(spec.get("assigned_classes", {})),
-        also_labelled=list(spec.get("also_labelled", [])), method=spec.get("method"), model=spec.get("model"),
-        progress=progress_view(task.progress, spec.get("batch_size"), task.updated_at, running=running),
+        id=task.id, status=task.status, classes=dict(spec.assigned_classes),
+        also_labelled=list(spec.also_labelled), method=spec.method, model=spec.model,
+        progress=progress_view(task.progress, spec.batch_size, task.updated_at, running=running),
         error=task.error, model_version=task.model_version, parent_version=task.parent_version,
         cancel_requested=task.cancel_requested, attempts=task.attempts, created_at=task.created_at, started_at=task.started_at,
         finished_at=task.finished_at, items={s.value: 0 for s in Split} | dict(counts or {}),
@@ -153,22 +137,3 @@ def _time(value: Any) -> datetime | None:
         except ValueError:
             return None
     return None
-
-
-# --- cancelling ---------------------------------------------------------------------------------
-def cancel_task(session: Session, task_id: str) -> bool:
-    """Cancel a task; the caller commits. True: it was queued and is cancelled now (its class
-    names are released, their indices stay burnt). False: it is running, and the worker stops it
-    at its next step. Raises TaskNotFound, or TaskFinished for a finished task."""
-    task = session.get(Task, task_id, with_for_update=True)  # the worker's claim waits for us
-    if task is None:
-        raise TaskNotFound(f"no task with id {task_id!r}")
-    if task.status in FINISHED:
-        raise TaskFinished(f"task {task_id} already {task.status}; there is nothing to cancel")
-    # Set in both cases: a worker that claimed the task meanwhile still sees it and stops.
-    task.cancel_requested = True
-    task.updated_at = utcnow()
-    if task.status == TaskStatus.QUEUED:
-        finish_cancelled(session, task, "cancelled by request before training started")
-        return True
-    return False

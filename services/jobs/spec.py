@@ -1,25 +1,42 @@
-"""The ``spec`` of a training task as a client sends it (``POST /tasks``), validated.
+"""The ``spec`` of a training task: what the client sends (``TaskSpec``, ``POST /tasks``) and
+what the service stores once it registered the task (``ResolvedSpec``).
 
-Only what can be checked without the database is checked here (names, ranges, palette
-coverage); ``services.ingest`` checks names against existing classes and resolves defaults that
-depend on the service's state (the method's default, the lineage's architecture).
+Only what can be checked without the database is checked in ``TaskSpec`` (names, ranges, palette
+coverage); registration checks names against existing classes and resolves what depends on the
+service's state (the method's default, the lineage's architecture, the task's place in the
+queue, the global indices of its classes) into a ``ResolvedSpec``. That is built once, stored as
+the task row's JSON, and read back as attributes everywhere else (``ResolvedSpec.of(task)``).
+
+Defaults that belong to the engine (epochs, batch size, optimiser settings, loss weights) are
+not restated here: a field left out (None) means "the engine's default" (``learning.config``).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from services.data.upload import UploadRejected, listed
+from services.db.models import Task
 from services.errors import describe_validation_errors
+from services.labels import BACKGROUND_NAME, MAX_CLASS_INDEX
+from services.learning.config import (
+    DEFAULT_LAMBDA_D,
+    DEFAULT_LAMBDA_E,
+    DEFAULT_LAMBDA_U,
+    LD_FORMS,
+    WEIGHT_NAMES,
+    StepConfig,
+    TrainConfig,
+)
 from services.learning.names import ARCHITECTURES, SERVICE_METHODS
 
-BACKGROUND_NAME = "background"
-DEFAULT_MODEL = "deeplabv3_resnet101"  # the papers' network
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
+DEFAULT_IMAGE_SIZE = 512  # the papers' crop
 Colour = tuple[int, int, int]
 
 
@@ -28,21 +45,51 @@ class Hyperparameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    lr: float | None = Field(None, gt=0, le=10, description="Initial SGD learning rate (default 0.01).")
-    momentum: float | None = Field(None, ge=0, lt=1, description="SGD momentum (default 0.9).")
-    weight_decay: float | None = Field(None, ge=0, le=1, description="L2 weight decay (default 1e-4).")
-    lr_power: float | None = Field(None, ge=0, le=10, description="Poly decay exponent (default 0.9).")
-    lambda_d: float | None = Field(None, ge=0, le=1e4, description="Output distillation weight (ld, ef+ld, ld+le).")
-    lambda_e: float | None = Field(None, ge=0, le=1e4, description="Feature distillation weight (le, ld+le).")
-    lambda_u: float | None = Field(None, ge=0, le=1e4, description="Unbiased distillation weight (mib).")
-    ld_form: Literal["paper", "mib"] | None = Field(
-        None, description="Form of L'_D: the ILT paper's (default) or MiB's renormalised one.")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Random seed of the run.")
+    lr: float | None = Field(None, gt=0, le=10, description=f"Initial SGD learning rate (default {TrainConfig.lr:g}).")
+    momentum: float | None = Field(None, ge=0, lt=1, description=f"SGD momentum (default {TrainConfig.momentum:g}).")
+    weight_decay: float | None = Field(None, ge=0, le=1,
+                                       description=f"L2 weight decay (default {TrainConfig.weight_decay:g}).")
+    lr_power: float | None = Field(None, ge=0, le=10,
+                                   description=f"Poly decay exponent (default {TrainConfig.lr_power:g}).")
+    lambda_d: float | None = Field(None, ge=0, le=1e4, description=(
+        f"Output distillation weight (ld, ef+ld, ld+le; default {DEFAULT_LAMBDA_D:g})."))
+    lambda_e: float | None = Field(None, ge=0, le=1e4, description=(
+        f"Feature distillation weight (le, ld+le; default {DEFAULT_LAMBDA_E:g})."))
+    lambda_u: float | None = Field(None, ge=0, le=1e4,
+                                   description=f"Unbiased distillation weight (mib; default {DEFAULT_LAMBDA_U:g}).")
+    ld_form: Literal[LD_FORMS] | None = Field(  # type: ignore[valid-type]
+        None, description=f"Form of L'_D: the ILT paper's (default, {LD_FORMS[0]!r}) or MiB's renormalised one.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1,
+                             description=f"Random seed of the run (default {TrainConfig.seed}).")
     pretrained_backbone: bool | None = Field(
         None, description="First task only: start the encoder from torchvision's ImageNet weights "
-        "(default true; the worker must be able to download them or find them in TORCH_HOME).")
+        f"(default {str(StepConfig.pretrained_backbone).lower()}; the worker must be able to download them or "
+        "find them in TORCH_HOME).")
     backbone_weights: str | None = Field(
         None, max_length=1024, description="First task only: a backbone weights file on the worker's disk.")
+
+    # Which engine config each field sets (None: not set, the engine's default holds).
+    TRAIN_FIELDS: ClassVar[tuple[str, ...]] = ("lr", "momentum", "weight_decay", "lr_power", "seed")
+    FIRST_STEP_FIELDS: ClassVar[tuple[str, ...]] = ("pretrained_backbone", "backbone_weights")
+
+    def given(self) -> dict[str, Any]:
+        """The hyperparameters the client set."""
+        return self.model_dump(exclude_none=True)
+
+    def train_settings(self) -> dict[str, Any]:
+        """The ``TrainConfig`` fields set."""
+        return {k: v for k, v in self.given().items() if k in self.TRAIN_FIELDS}
+
+    def loss_weights(self) -> dict[str, Any]:
+        """The loss weights (and ``ld_form``) set, as ``build_method`` takes them."""
+        return {k: v for k, v in self.given().items() if k in (*WEIGHT_NAMES, "ld_form")}
+
+    def first_step_settings(self) -> dict[str, Any]:
+        """How a first task builds its network: the ``StepConfig`` fields set."""
+        given = self.given()
+        if "backbone_weights" in given:
+            given["backbone_weights"] = Path(given["backbone_weights"])
+        return {k: v for k, v in given.items() if k in self.FIRST_STEP_FIELDS}
 
 
 def _clean_name(name: str) -> str:
@@ -70,12 +117,12 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    classes: list[str] = Field(min_length=1, max_length=254,
+    classes: list[str] = Field(min_length=1, max_length=MAX_CLASS_INDEX,
                                description="New class names, in the order the mask values use (1, 2, ...).")
     method: str | None = Field(None, description=f"One of {', '.join(SERVICE_METHODS)}; default: the engine's best.")
-    epochs: int = Field(30, ge=1, le=1000)
-    image_size: int = Field(512, ge=32, le=2048, description="Training crop size in pixels.")
-    batch_size: int = Field(8, ge=1, le=256)
+    epochs: int = Field(TrainConfig.epochs, ge=1, le=1000)
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=32, le=2048, description="Training crop size in pixels.")
+    batch_size: int = Field(TrainConfig.batch_size, ge=1, le=256)
     val_fraction: float = Field(0.1, ge=0, lt=0.9,
                                 description="Share of images kept to score the new classes (at least one when > 0).")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
@@ -132,8 +179,9 @@ class TaskSpec(BaseModel):
         both = sorted(set(self.classes) & set(self.also_labelled))
         if both:
             raise ValueError(f"{listed(both)} cannot be both new (classes) and existing (also_labelled)")
-        if len(self.classes) + len(self.also_labelled) > 254:
-            raise ValueError("classes and also_labelled together name more than 254 classes (mask values 1..254)")
+        if len(self.classes) + len(self.also_labelled) > MAX_CLASS_INDEX:
+            raise ValueError(f"classes and also_labelled together name more than {MAX_CLASS_INDEX} classes "
+                             f"(mask values 1..{MAX_CLASS_INDEX})")
         if self.mask_format == "index" and self.palette is not None:
             raise ValueError("palette is only used with mask_format 'palette'")
         if self.mask_format == "palette":
@@ -155,6 +203,40 @@ class TaskSpec(BaseModel):
     def local_names(self) -> tuple[str, ...]:
         """The classes in mask-value order: value k labels local_names[k - 1]."""
         return (*self.classes, *self.also_labelled)
+
+
+class ResolvedSpec(TaskSpec):
+    """A registered task's spec: the client's, with what registration resolved. Stored flat as the
+    task row's JSON (``stored()``), which is how every row has been written."""
+
+    method: str = Field(description="The method this task trains with (the default resolved).")
+    model: str = Field(description="The lineage's architecture.")
+    after_task_id: str | None = Field(None, description="The task queued before this one: its version is the parent.")
+    assigned_classes: dict[str, int] = Field(default_factory=dict, description="Global index of each new class.")
+
+    @classmethod
+    def of(cls, task: Task) -> ResolvedSpec:
+        return cls.model_validate(task.spec)
+
+    def stored(self) -> dict[str, Any]:
+        """The row's JSON: hyperparameters the client set only, no palette for index masks."""
+        out = self.model_dump(mode="json")
+        out["hyperparameters"] = self.hyperparameters.given()
+        if out["palette"] is None:
+            del out["palette"]
+        return out
+
+    def step_config(self, *, first: bool, step_index: int, train: dict[str, Any]) -> StepConfig:
+        """How the worker trains this task: ``train`` holds the worker's own TrainConfig settings
+        (device, logging); everything else is the spec's or the engine's default."""
+        hp = self.hyperparameters
+        return StepConfig(
+            method=self.method,
+            train=TrainConfig(epochs=self.epochs, batch_size=self.batch_size, **hp.train_settings(), **train),
+            loss_weights={} if first else hp.loss_weights(),  # a first step has nothing to distil
+            architecture=self.model, step_index=step_index,
+            **(hp.first_step_settings() if first else {}),
+        )
 
 
 def parse_spec(text: str | None) -> TaskSpec:

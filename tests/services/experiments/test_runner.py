@@ -27,7 +27,9 @@ from services.cli.main import main
 from services.data.datasets import open_source
 from services.data.protocols import build_steps
 from services.data.synthetic import write_shapes_dataset
-from services.experiment import ExperimentConfig, ExperimentError, base_cache_key, format_table, run_experiment
+from services.experiments.config import ExperimentConfig, ExperimentError
+from services.experiments.results import format_table
+from services.experiments.runner import base_cache_key, run_experiment
 
 # 40 training images: 24 show only old shapes (step 0), 16 show a triangle next to old shapes (step 1).
 TRAIN_COMPOSITIONS = [[1], [2], [1, 2], [3, 1], [1], [2], [1, 2], [3, 2], [3, 1, 2], [3]]

@@ -1,4 +1,4 @@
-"""Registering a training task with its data, all or nothing.
+"""Registering a training task with its data, all or nothing (``POST /tasks``).
 
 Order: replay check (``Idempotency-Key``), spec, class names against the database, every file
 validated (images decoded, masks converted to local index form) -- and only then the bytes are
@@ -6,7 +6,7 @@ stored under ``datasets/{task_id}/`` and ONE transaction writes the task, its cl
 dataset items. If anything fails after the first byte was stored, the task's prefix is deleted
 and the transaction rolled back: a rejected request leaves no rows and no objects behind.
 
-Celery-free: the caller enqueues the task after ``register_task`` returns a created task.
+Queue-free: the caller sends the task to the workers after ``register_task`` returns a created one.
 """
 
 from __future__ import annotations
@@ -35,30 +35,23 @@ from services.data.upload import (
     pair_files,
     prepare_items,
 )
-from services.db.models import DatasetItem, ModelVersion, SemanticClass, Split, Task, TaskStatus, new_task_id
+from services.db.models import DatasetItem, ModelVersion, SemanticClass, Split, Task, new_task_id
 from services.db.session import session_scope
-from services.errors import Conflict
-from services.learning.names import DEFAULT_METHOD
+from services.jobs import lifecycle
+from services.jobs.errors import IdempotencyMismatch, RegistrationConflict
+from services.jobs.spec import ResolvedSpec, TaskSpec, parse_spec
+from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, MAX_CLASS_INDEX
+from services.learning.names import DEFAULT_ARCHITECTURE, DEFAULT_METHOD
 from services.registry.aliases import production_version
-from services.storage import InvalidKey, ObjectInfo, ObjectStore, validate_key
-from services.task_spec import BACKGROUND_NAME, DEFAULT_MODEL, TaskSpec, parse_spec
+from services.storage import InvalidKey, ObjectInfo, ObjectStore
+from services.storage.keys import dataset_image_key, dataset_mask_key, dataset_prefix
 
 log = logging.getLogger(__name__)
 
-MAX_CLASS_INDEX = 254  # 255 is "ignore" in every mask
 UPLOAD_THREADS = 8  # object-store writes in flight at once (I/O bound)
 # Serialises registrations on Postgres (SQLite's BEGIN IMMEDIATE already does): two requests
 # must not pick the same class indices or both queue behind the same task.
 REGISTRATION_LOCK_KEY = 0x5354524154410002
-PENDING = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
-
-
-class RegistrationConflict(Conflict):
-    """The request contradicts the service's state (HTTP 409): a class name that already exists."""
-
-
-class IdempotencyMismatch(UploadRejected):
-    """An Idempotency-Key reused with a different request (HTTP 422)."""
 
 
 class _Replayed(Exception):
@@ -88,9 +81,10 @@ class Registration:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What the database says about a new task: its resolved spec and where it sits in the lineage."""
+    """What the database says about a new task: its resolved spec (class indices not assigned
+    yet) and where it sits in the lineage."""
 
-    spec: dict[str, Any]
+    spec: ResolvedSpec
     parent_version: int | None
 
 
@@ -107,7 +101,8 @@ class _Stored:
 def register_task(sessions: sessionmaker[Session], store: ObjectStore, received: Received, workdir: Path,
                   limits: IngestLimits, *, idempotency_key: str | None = None) -> Registration:
     """Validate ``received`` (a ``spec`` text and files ``images`` + ``masks`` or one ``archive``),
-    store it and record a queued task. Raises UploadRejected (or a subclass) naming what is wrong."""
+    store it and record a queued task. Raises UploadRejected naming what is wrong (file, field),
+    or RegistrationConflict when the service's state forbids it."""
     if idempotency_key is not None:
         with session_scope(sessions) as session:
             earlier = replay(session, idempotency_key, received.sha256)
@@ -145,7 +140,7 @@ def replay(session: Session, key: str, request_sha256: str) -> Task | None:
 
 def _clean_up(store: ObjectStore, task_id: str) -> None:
     try:
-        store.delete_prefix(f"datasets/{task_id}/")
+        store.delete_prefix(dataset_prefix(task_id))
     except Exception:  # the original error matters more; the objects are unreferenced either way
         log.exception("could not delete the objects of rejected task %s", task_id)
 
@@ -170,13 +165,10 @@ def mask_format(spec: TaskSpec) -> MaskFormat:
 
 
 def _keys(task_id: str, item: PreparedItem) -> tuple[str, str]:
-    keys = (f"datasets/{task_id}/images/{item.stem}{item.image_ext}", f"datasets/{task_id}/masks/{item.stem}.png")
     try:
-        for key in keys:
-            validate_key(key)
+        return dataset_image_key(task_id, item.stem, item.image_ext), dataset_mask_key(task_id, item.stem)
     except InvalidKey as err:
         raise UploadRejected(f"file {item.image.name!r} cannot be stored under its name: {err}") from None
-    return keys
 
 
 def _store_all(store: ObjectStore, items: Sequence[PreparedItem], keys: Sequence[tuple[str, str]]) -> list[_Stored]:
@@ -221,34 +213,24 @@ def plan(session: Session, spec: TaskSpec) -> _Plan:
             "no version is in production, so there is nothing to add classes to: promote one first "
             "(POST /models/{version}/promote)")
     model = _resolve_model(session, spec.model, pending, production)
-    method = spec.method or default_method()
-    weights = spec.hyperparameters.model_dump(exclude_none=True)
-    _check_weights(method, weights)
-    resolved = spec.model_dump(mode="json")
-    resolved.update(method=method, model=model, hyperparameters=weights,
-                    after_task_id=pending.id if pending else None)
-    if spec.mask_format == "index":
-        resolved.pop("palette")
+    method = spec.method or DEFAULT_METHOD
+    _check_weights(method, spec.hyperparameters.loss_weights())
+    resolved = ResolvedSpec.model_validate({**spec.model_dump(), "method": method, "model": model,
+                                            "after_task_id": pending.id if pending else None})
     return _Plan(resolved, parent_version=None if pending else production)
 
 
 def latest_pending(session: Session) -> Task | None:
     """The newest queued or running training task: a new task queues behind it."""
-    stmt = select(Task).where(Task.kind == "train", Task.status.in_(PENDING))
+    stmt = select(Task).where(Task.kind == "train", Task.status.in_(lifecycle.PENDING))
     return session.scalars(stmt.order_by(Task.created_at.desc(), Task.id.desc()).limit(1)).first()
-
-
-def default_method() -> str:
-    """The engine's recommended method (the one the measured results favour: docs/results.md)."""
-    return DEFAULT_METHOD
 
 
 def _check_weights(method: str, weights: dict[str, Any]) -> None:
     from services.learning.methods import build_method
 
-    lambdas = {k: v for k, v in weights.items() if k.startswith("lambda_") or k == "ld_form"}
     try:
-        build_method(method, 1, **lambdas)  # the engine's own check: a weight the method does not use
+        build_method(method, 1, **weights)  # the engine's own check: a weight the method does not use
     except ValueError as err:
         raise UploadRejected(f"invalid spec: hyperparameters: {err}") from None
 
@@ -270,7 +252,7 @@ def _resolve_model(session: Session, asked: str | None, pending: Task | None, pr
     """The architecture: free for the first task, inherited by every later one."""
     current = _lineage_architecture(session, pending, production)
     if current is None:
-        return asked or DEFAULT_MODEL
+        return asked or DEFAULT_ARCHITECTURE
     if asked is not None and asked != current:
         raise UploadRejected(
             f"invalid spec: model: only the first task chooses the model; this service trains {current!r} "
@@ -280,7 +262,7 @@ def _resolve_model(session: Session, asked: str | None, pending: Task | None, pr
 
 def _lineage_architecture(session: Session, pending: Task | None, production: int | None) -> str | None:
     if pending is not None:
-        return (pending.spec or {}).get("model")
+        return ResolvedSpec.of(pending).model
     if production is not None:
         return session.get(ModelVersion, production).architecture
     return session.scalars(select(ModelVersion.architecture).order_by(ModelVersion.version.desc())).first()
@@ -295,8 +277,8 @@ def next_class_indices(session: Session, count: int) -> list[int]:
     """``count`` fresh global indices: above every class id and every index any task was ever
     assigned (a failed or cancelled task's indices stay burnt)."""
     used = session.scalar(select(func.max(SemanticClass.id))) or 0
-    for spec in session.scalars(select(Task.spec)):
-        used = max([used, *(int(i) for i in (spec or {}).get("assigned_classes", {}).values())])
+    for task in session.scalars(select(Task)):
+        used = max([used, *ResolvedSpec.of(task).assigned_classes.values()])
     if used + count > MAX_CLASS_INDEX:
         raise RegistrationConflict(
             f"no class indices left: {count} new classes would need indices up to {used + count}, "
@@ -313,13 +295,12 @@ def _record(session: Session, task_id: str, spec: TaskSpec, stored: Sequence[_St
         raise _Replayed(earlier.id)
     planned = plan(session, spec)  # again, under the lock: the state may have moved meanwhile
     assigned = dict(zip(spec.classes, next_class_indices(session, len(spec.classes))))
-    task = Task(id=task_id, kind="train", status=TaskStatus.QUEUED.value,
-                spec={**planned.spec, "assigned_classes": assigned}, idempotency_key=idempotency_key,
-                request_sha256=request_sha256, parent_version=planned.parent_version)
-    session.add(task)
+    resolved = planned.spec.model_copy(update={"assigned_classes": assigned})
+    task = lifecycle.queue(session, task_id, resolved, planned.parent_version,
+                           idempotency_key=idempotency_key, request_sha256=request_sha256)
     session.flush()  # classes and items reference the task
-    if session.get(SemanticClass, 0) is None:
-        session.add(SemanticClass(id=0, name=BACKGROUND_NAME, task_id=None))
+    if session.get(SemanticClass, BACKGROUND_INDEX) is None:
+        session.add(SemanticClass(id=BACKGROUND_INDEX, name=BACKGROUND_NAME, task_id=None))
     session.add_all(SemanticClass(id=index, name=name, task_id=task_id) for name, index in assigned.items())
     val = validation_stems([s.item.stem for s in stored], task_id, spec.val_fraction)
     session.add_all(_item_row(task_id, s, Split.VAL if s.item.stem in val else Split.TRAIN) for s in stored)

@@ -1,0 +1,73 @@
+"""Recording a trained step: the checkpoint uploaded, then ONE transaction writes the version, its
+per-class metrics, the aliases the promotion policy allows and the task's success. A step that
+cannot be recorded leaves no checkpoint behind (unless it is another attempt's recorded one)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.db.models import ModelVersion
+from services.db.session import session_scope
+from services.evaluation.metrics import ClassScore
+from services.jobs import lifecycle
+from services.jobs.context import JobContext
+from services.jobs.plan import StepPlan
+from services.learning.checkpoint import save_model
+from services.learning.classmap import channel_names
+from services.learning.zoo import SegModel
+from services.registry.versions import next_version_number, record_version
+from services.storage.cache import training_dir
+from services.storage.keys import checkpoint_key
+
+# What a version's record says about how it was trained, besides the hyperparameters the client set.
+RECORDED_SPEC_FIELDS = ("epochs", "batch_size", "image_size", "val_fraction")
+
+
+def record_step(ctx: JobContext, plan: StepPlan, model: SegModel, scores: Mapping[int, ClassScore], method: str) -> int:
+    """Upload the model and record its version; returns the version number (another attempt's, when
+    that one recorded this task's version first)."""
+    with session_scope(ctx.sessions) as session:
+        version = next_version_number(session)
+    local = training_dir(ctx.settings.cache_dir, plan.task_id) / "model.pt"
+    meta = {"task_id": plan.task_id, "version": version, "parent": plan.parent.version if plan.parent else None,
+            "class_indices": sorted(plan.class_map)}
+    digest = save_model(local, model, channel_names(plan.class_map), meta)
+    key = checkpoint_key(version, digest)
+    info = ctx.store.put_file(key, local)
+    try:
+        with session_scope(ctx.sessions) as session:
+            return _record(session, ctx, plan, version, key, digest, info.size, scores, method)
+    except Exception as err:
+        # Nothing references our upload unless it is the recorded version's own: remove it.
+        with session_scope(ctx.sessions) as session:
+            existing = session.query(ModelVersion).filter_by(task_id=plan.task_id).one_or_none()
+        if existing is None or existing.checkpoint_key != key:
+            ctx.store.delete(key)
+        if existing is not None and isinstance(err, IntegrityError):
+            return existing.version  # another attempt recorded this task's one version first
+        raise
+
+
+def _recorded_hyperparameters(plan: StepPlan) -> dict[str, Any]:
+    spec = plan.spec
+    return {**{k: getattr(spec, k) for k in RECORDED_SPEC_FIELDS}, **spec.hyperparameters.given()}
+
+
+def _record(session: Session, ctx: JobContext, plan: StepPlan, version: int, key: str, digest: str, size: int,
+            scores: Mapping[int, ClassScore], method: str) -> int:
+    task = lifecycle.get_task(session, plan.task_id)
+    row, _decision = record_version(
+        session, task=task, parent_version=plan.parent.version if plan.parent else None,
+        architecture=plan.architecture, method=method, hyperparameters=_recorded_hyperparameters(plan),
+        class_map={str(k): v for k, v in plan.class_map.items()}, checkpoint_key=key,
+        checkpoint_sha256=digest, checkpoint_bytes=size,
+        metrics={i: (s.iou, s.tp, s.fp, s.fn) for i, s in scores.items()},
+        old_classes=plan.old_classes, new_classes=plan.new_classes,
+        version=version, settings=ctx.settings,
+    )
+    lifecycle.succeed(task)
+    return row.version
