@@ -51,6 +51,7 @@ from services.learning.zoo import SegModel, build_model  # noqa: E402
 from services.registry.aliases import promote  # noqa: E402
 from services.registry.versions import record_version  # noqa: E402
 from services.storage import open_store  # noqa: E402
+from services.storage.keys import checkpoint_key  # noqa: E402
 
 ARCH = "lraspp_mobilenet_v3_large"
 CLASSES = {0: "background", 1: "road", 2: "car", 3: "person"}
@@ -68,7 +69,8 @@ def publish_model(settings: Settings, image_size: int, workdir: Path) -> tuple[P
     model = build_model(ARCH, len(CLASSES))
     path = workdir / "model.pt"
     digest = save_model(path, model, CLASSES, {"bench": True})
-    info = open_store(settings).put_file("checkpoints/1/model.pt", path)
+    key = checkpoint_key(1, digest)
+    info = open_store(settings).put_file(key, path)
     engine = make_engine(settings)
     try:
         with session_scope(make_session_factory(engine)) as s:
@@ -78,7 +80,7 @@ def publish_model(settings: Settings, image_size: int, workdir: Path) -> tuple[P
             s.flush()
             record_version(
                 s, task=s.get(Task, "bench"), parent_version=None, architecture=ARCH, method="ft",
-                hyperparameters={"image_size": image_size}, class_map=CLASSES, checkpoint_key="checkpoints/1/model.pt",
+                hyperparameters={"image_size": image_size}, class_map=CLASSES, checkpoint_key=key,
                 checkpoint_sha256=digest, checkpoint_bytes=info.size, metrics={}, old_classes=[],
                 new_classes=sorted(CLASSES), version=1, settings=settings,
             )

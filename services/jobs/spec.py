@@ -7,8 +7,9 @@ service's state (the method's default, the lineage's architecture, the task's pl
 queue, the global indices of its classes) into a ``ResolvedSpec``. That is built once, stored as
 the task row's JSON, and read back as attributes everywhere else (``ResolvedSpec.of(task)``).
 
-Defaults that belong to the engine (epochs, batch size, optimiser settings, loss weights) are
-not restated here: a field left out (None) means "the engine's default" (``learning.config``).
+Defaults that belong to the engine are taken from ``learning.config``, never restated: epochs and
+batch size default to ``TrainConfig``'s, and an optimiser setting or loss weight left out (None)
+means the engine's default when the worker builds the step's ``StepConfig``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Registering a task: spec validation, all-or-nothing storage, class indices, lineage, cancel."""
+"""Registering a task: spec validation, all-or-nothing storage, class indices, lineage, views, cancel."""
 
 from __future__ import annotations
 

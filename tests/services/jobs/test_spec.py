@@ -1,0 +1,56 @@
+"""The resolved spec: rows written before it existed read back unchanged, and a task's training
+settings are the spec's where the client set them and the engine's everywhere else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.db.models import Task
+from services.jobs.spec import ResolvedSpec, TaskSpec, parse_spec
+from services.learning.config import StepConfig, TrainConfig
+
+# A task row's JSON exactly as registration wrote it before ResolvedSpec existed (a palette task
+# queued behind another one, with loss weights and a seed).
+OLD_ROW = {
+    "classes": ["bicycle"], "method": "ld", "epochs": 12, "image_size": 256, "batch_size": 4, "val_fraction": 0.2,
+    "hyperparameters": {"lr": 0.001, "lambda_d": 10.0, "seed": 7}, "model": "lraspp_mobilenet_v3_large",
+    "mask_format": "palette", "palette": {"bicycle": [0, 128, 192], "car": [64, 0, 128]}, "also_labelled": ["car"],
+    "after_task_id": "0f" * 16, "assigned_classes": {"bicycle": 3},
+}
+
+
+def test_a_row_written_before_the_typed_spec_reads_back_and_round_trips() -> None:
+    spec = ResolvedSpec.of(Task(spec=OLD_ROW))
+    assert spec.method == "ld" and spec.model == "lraspp_mobilenet_v3_large" and spec.after_task_id == "0f" * 16
+    assert spec.assigned_classes == {"bicycle": 3} and spec.palette == {"bicycle": (0, 128, 192), "car": (64, 0, 128)}
+    assert spec.hyperparameters.lr == 0.001 and spec.hyperparameters.momentum is None
+    assert spec.stored() == OLD_ROW
+
+
+def test_index_masks_store_no_palette_and_only_the_hyperparameters_given() -> None:
+    client = parse_spec('{"classes": ["cat"], "hyperparameters": {"lambda_u": 3}}')
+    stored = ResolvedSpec.model_validate({**client.model_dump(), "method": "mib", "model": "fcn_resnet50"}).stored()
+    assert "palette" not in stored and stored["hyperparameters"] == {"lambda_u": 3.0}
+    assert stored["after_task_id"] is None and stored["assigned_classes"] == {}
+
+
+def test_the_spec_defaults_are_the_engines() -> None:
+    spec = TaskSpec(classes=["cat"])
+    assert (spec.epochs, spec.batch_size) == (TrainConfig.epochs, TrainConfig.batch_size)
+
+
+def test_training_settings_come_from_the_spec_where_given_and_from_the_engine_elsewhere() -> None:
+    spec = ResolvedSpec.of(Task(spec=OLD_ROW))
+    later = spec.step_config(first=False, step_index=2, train={"log_every": 5})
+    assert later.train == TrainConfig(epochs=12, batch_size=4, lr=0.001, seed=7, log_every=5)
+    assert later.method == "ld" and later.loss_weights == {"lambda_d": 10.0} and later.step_index == 2
+    assert later.architecture == "lraspp_mobilenet_v3_large"
+
+    first = ResolvedSpec.model_validate({**OLD_ROW, "method": "mib", "hyperparameters": {
+        "lambda_u": 2.0, "pretrained_backbone": False, "backbone_weights": "/weights/resnet.pth"}})
+    base = first.step_config(first=True, step_index=0, train={})
+    assert base.loss_weights == {} and base.train == TrainConfig(epochs=12, batch_size=4)  # nothing to distil yet
+    assert (base.pretrained_backbone, base.backbone_weights) == (False, Path("/weights/resnet.pth"))
+    default = ResolvedSpec.model_validate({**OLD_ROW, "hyperparameters": {}}).step_config(first=True, step_index=0,
+                                                                                          train={})
+    assert default.pretrained_backbone is StepConfig.pretrained_backbone and default.backbone_weights is None
