@@ -3,7 +3,8 @@ and one JSON shape for every error on every route: ``{"detail": "<what is wrong,
 
 Routes do not catch domain errors: they call ``services`` and let the handlers here answer.
 FastAPI's own request validation errors get the same shape, their locations written the way the
-spec's errors are ("query.limit: ...").
+spec's errors are ("query.limit: ..."). Anything else is a fault of ours: a 500 whose detail
+says only that (the traceback goes to the server's log, as Starlette always re-raises it).
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ async def _invalid_request(request: Request, err: RequestValidationError) -> JSO
     return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, describe_validation_errors(err.errors()))
 
 
+async def _server_fault(request: Request, err: Exception) -> JSONResponse:
+    return error_response(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error (see the server log)")
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(StrataError, _domain_error)  # type: ignore[arg-type]
+    # One handler per category, not one for StrataError: a domain error outside the categories is
+    # a fault of ours and takes the 500 path below, logged with its traceback.
+    for kind, _code in STATUS_OF:
+        app.add_exception_handler(kind, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _server_fault)

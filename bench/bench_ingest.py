@@ -44,6 +44,7 @@ from PIL import Image  # noqa: E402
 from services.cli.processes import api_command  # noqa: E402
 from services.cli.run import prepare  # noqa: E402
 from services.config import Settings, load_settings, settings_env  # noqa: E402
+from services.labels import IGNORE_INDEX  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"
 Part = tuple[str, str, Path]  # (form field, filename, file on disk)
@@ -52,13 +53,13 @@ Part = tuple[str, str, Path]  # (form field, filename, file on disk)
 # --- the upload ------------------------------------------------------------------------------------
 def build_parts(split: Path, out: Path, copies: int) -> list[Part]:
     """images + local index masks (CamVid v -> v + 1, 255 kept), ``copies`` times with suffixed stems."""
-    lut = [v + 1 if v <= 10 else 255 for v in range(256)]
+    lut = [v + 1 if v <= 10 else IGNORE_INDEX for v in range(256)]
     (out / "masks").mkdir(parents=True)
     parts: list[Part] = []
     for image in sorted((split / "images").glob("*.jpg")):
         source, mask = split / "masks" / f"{image.stem}.png", out / "masks" / f"{image.stem}.png"
         with Image.open(source) as im:
-            if im.mode != "L" or any(im.histogram()[11:255]):
+            if im.mode != "L" or any(im.histogram()[11:IGNORE_INDEX]):
                 raise ValueError(f"{source}: expected an 8-bit mask of values 0..10 and 255")
             im.point(lut).save(mask)
         for k in range(copies):

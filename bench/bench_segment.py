@@ -47,13 +47,14 @@ from services.data.transforms import eval_preprocess  # noqa: E402
 from services.db.models import SemanticClass, Task  # noqa: E402
 from services.db.session import make_engine, make_session_factory, session_scope  # noqa: E402
 from services.learning.checkpoint import load_model, save_model  # noqa: E402
+from services.learning.names import SMALL_ARCHITECTURE  # noqa: E402
 from services.learning.zoo import SegModel, build_model  # noqa: E402
 from services.registry.aliases import promote  # noqa: E402
 from services.registry.versions import record_version  # noqa: E402
 from services.storage import open_store  # noqa: E402
 from services.storage.keys import checkpoint_key  # noqa: E402
 
-ARCH = "lraspp_mobilenet_v3_large"
+ARCH = SMALL_ARCHITECTURE
 CLASSES = {0: "background", 1: "road", 2: "car", 3: "person"}
 
 

@@ -31,7 +31,7 @@ from services.learning.names import ARCHITECTURES, METHODS, SMALL_ARCHITECTURE  
 
 
 def run(
-    model: str = "lraspp_mobilenet_v3_large", *, image_size: int = 128, batch_size: int = 4, steps: int = 5,
+    model: str = SMALL_ARCHITECTURE, *, image_size: int = 128, batch_size: int = 4, steps: int = 5,
     warmup: int = 2, repeats: int = 3, device: str = "auto", methods: tuple[str, ...] = ("ld", "le", "ld+le"),
     amp: bool = True,
 ) -> dict:

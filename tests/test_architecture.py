@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 WEB_AND_QUEUE = ("fastapi", "starlette", "uvicorn", "celery", "kombu", "billiard")
 CORE = ("learning", "evaluation", "data", "db", "storage", "broker", "config", "errors", "labels")
-APPLICATION = ("jobs", "experiments", "inference", "registry", "auth", "cli")
+RECORDS = ("registry", "auth")
+APPLICATION = ("jobs", "experiments", "inference", "cli")
 
 
 def modules(package: str) -> list[Path]:
@@ -62,15 +63,26 @@ def test_api_and_worker_do_not_import_each_other() -> None:
     assert offenders("worker", ("api",)) == []
 
 
-def test_serving_does_not_depend_on_the_job_package() -> None:
-    assert offenders("services", ("services.jobs",), only="services/inference/") == []
-
-
-@pytest.mark.parametrize("package", CORE)
-def test_the_core_does_not_import_the_application_layer(package: str) -> None:
-    forbidden = tuple(f"services.{p}" for p in APPLICATION)
+@pytest.mark.parametrize("package, above", [*((p, RECORDS + APPLICATION) for p in CORE),
+                                            *((p, APPLICATION) for p in RECORDS)])
+def test_no_package_imports_a_layer_above_its_own(package: str, above: tuple[str, ...]) -> None:
     path = f"services/{package}"
-    assert offenders("services", forbidden, only=path + ("/" if (ROOT / path).is_dir() else ".py")) == []
+    only = path + ("/" if (ROOT / path).is_dir() else ".py")
+    assert offenders("services", tuple(f"services.{p}" for p in above), only=only) == []
+
+
+@pytest.mark.parametrize("package", ["services.jobs", "services.experiments", "services.inference"])
+def test_the_application_packages_do_not_import_each_other(package: str) -> None:
+    others = tuple(p for p in ("services.jobs", "services.experiments", "services.inference") if p != package)
+    assert offenders("services", others, only=package.replace(".", "/") + "/") == []
+
+
+def test_the_foundation_imports_nothing_but_itself() -> None:
+    ours = ("services", "api", "worker", "migrations")
+    foundation = tuple(f"services.{p}" for p in ("config", "errors", "labels"))
+    for name in ("config", "errors", "labels"):
+        imported = [m for m in imports(ROOT / "services" / f"{name}.py") if under(m, *ours)]
+        assert all(under(m, *foundation) for m in imported), (name, imported)
 
 
 def test_the_database_session_does_not_import_the_migrations() -> None:
@@ -86,3 +98,13 @@ def test_what_parsers_and_the_worker_parent_import_leaves_torch_out(module: str,
     env = {**os.environ, "STRATA_DATA_DIR": str(tmp_path)}  # worker.app prepares its broker folders there
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("package", ["db", "storage", "broker"])
+def test_the_infrastructure_packages_build_on_the_foundation_only(package: str) -> None:
+    allowed = (f"services.{package}", "services.config", "services.errors", "services.labels")
+    path = ROOT / "services" / package
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
+    found = [f"{f.relative_to(ROOT)} imports {m}" for f in files for m in imports(f)
+             if under(m, "services") and not under(m, *allowed)]
+    assert found == []

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from services.data.protocols import OLD_LABELS, PROTOCOLS
-from services.experiments.config import DEFAULT_IMAGE_SIZE
+from services.experiments.config import EXPERIMENT_IMAGE_SIZE
 from services.learning.config import DEFAULT_LAMBDA_D, DEFAULT_LAMBDA_E, DEFAULT_LAMBDA_U, LD_FORMS, TrainConfig
 from services.learning.names import SMALL_ARCHITECTURE
 
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="drop: old classes are background in new steps (MiB); keep: they stay labelled (ILT)")
     p.add_argument("--model", default=SMALL_ARCHITECTURE,
                    help="a services.learning.zoo architecture, e.g. deeplabv3_resnet101")
-    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
+    p.add_argument("--image-size", type=int, default=EXPERIMENT_IMAGE_SIZE,
                    help="training crop and evaluation size (pixels)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="epochs of each incremental step")
     p.add_argument("--base-epochs", type=int, default=None,

@@ -12,6 +12,8 @@ from tqdm import tqdm
 from services.evaluation.confusion import ConfusionMatrix
 from services.evaluation.metrics import mean_iou, per_class_iou, pixel_accuracy
 
+EVAL_BATCH_SIZE = 8  # images per forward when scoring (the model is in eval mode: any size gives the same scores)
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -38,7 +40,7 @@ def evaluate(
     *,
     old_classes: Sequence[int] = (),
     new_classes: Sequence[int] = (),
-    batch_size: int = 8,
+    batch_size: int = EVAL_BATCH_SIZE,
     num_workers: int = 0,
     progress: bool = False,
 ) -> EvalResult:

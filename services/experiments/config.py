@@ -12,7 +12,7 @@ from services.errors import InvalidInput
 from services.learning.config import StepConfig, TrainConfig
 from services.learning.names import ARCHITECTURES, METHODS, SMALL_ARCHITECTURE
 
-DEFAULT_IMAGE_SIZE = 256
+EXPERIMENT_IMAGE_SIZE = 256  # smaller than the service's crop: experiments run on CPUs too
 
 
 class ExperimentError(InvalidInput):
@@ -34,7 +34,7 @@ class ExperimentConfig:
     protocol: str = "overlapped"
     old_labels: str = "drop"
     model: str = SMALL_ARCHITECTURE
-    image_size: int = DEFAULT_IMAGE_SIZE
+    image_size: int = EXPERIMENT_IMAGE_SIZE
     epochs: int = TrainConfig.epochs
     base_epochs: int | None = None
     batch_size: int = TrainConfig.batch_size
@@ -49,7 +49,6 @@ class ExperimentConfig:
     num_workers: int = TrainConfig.num_workers
     train_split: str = "train"
     val_split: str = "val"
-    scale: tuple[float, float] = (0.5, 2.0)
     method_weights: dict[str, float | str] = field(default_factory=dict)  # lambda_d/_e/_u, ld_form
 
     def __post_init__(self) -> None:
@@ -71,8 +70,6 @@ class ExperimentConfig:
                 raise ExperimentError(f"{name} must be {what}, got {getattr(self, name)!r}")
         if self.backbone_weights is not None and not Path(self.backbone_weights).is_file():
             raise ExperimentError(f"backbone weights file {self.backbone_weights} does not exist")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ExperimentError(f"scale must be (low, high) with 0 < low <= high, got {self.scale!r}")
         from services.learning.methods import build_method  # torch: only once a run is configured
 
         try:  # fail now, not after training step 0, on a loss weight the method does not use

@@ -17,7 +17,6 @@ NEAREST), not at each image's original resolution, so that validation batches ha
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import random
@@ -37,7 +36,7 @@ from services.evaluation.evaluate import EvalResult
 from services.experiments.config import ExperimentConfig, ExperimentError
 from services.experiments.results import TrainSummary, format_table, result_record, step_line, step_record
 from services.learning.checkpoint import load_model, save_model
-from services.learning.config import TrainConfig
+from services.learning.config import RESUME_FIELDS, TrainConfig
 from services.learning.step import EvalSet, StepHooks, run_step, score_model
 from services.learning.trainer import Progress
 from services.learning.zoo import SegModel
@@ -135,6 +134,7 @@ def base_cache_key(config: ExperimentConfig, train_src: SegmentationSource, step
     if config.backbone_weights is not None:
         st = Path(config.backbone_weights).stat()
         weights = f"{Path(config.backbone_weights).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    train = config.train_config(from_scratch=True)
     facts = {
         "version": BASE_CACHE_VERSION,
         "data": str(Path(config.data).resolve()),
@@ -144,10 +144,10 @@ def base_cache_key(config: ExperimentConfig, train_src: SegmentationSource, step
         "classes": list(step.classes),
         "model": config.model,
         "image_size": config.image_size,
-        "scale": list(config.scale),
+        "scale": list(_train_transform(config).scale),
         "pretrained": config.pretrained,
         "backbone_weights": weights,
-        "train_config": _result_fields(config.train_config(from_scratch=True)),
+        "train_config": {k: getattr(train, k) for k in RESUME_FIELDS},  # those that change the weights
     }
     key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
     return key, facts
@@ -169,8 +169,12 @@ def _eval_set(config: ExperimentConfig, val_src: SegmentationSource, step: Step)
 
 def _train_dataset(config: ExperimentConfig, source: SegmentationSource, step: Step) -> SegmentationDataset:
     """The step's training images under its training labels, augmented."""
-    transform = TrainTransform(config.image_size, config.scale)
-    return SegmentationDataset(source, step.train_indices, step.train_lut, transform)
+    return SegmentationDataset(source, step.train_indices, step.train_lut, _train_transform(config))
+
+
+def _train_transform(config: ExperimentConfig) -> TrainTransform:
+    """The augmentation of every training run: the engine's, at the experiment's size."""
+    return TrainTransform(config.image_size)
 
 
 class _ProgressBar:
@@ -203,9 +207,3 @@ def _sample(source: SegmentationSource, limit: int, seed: int) -> SegmentationSo
     if limit >= len(source):
         return source
     return source.subset(sorted(random.Random(seed).sample(range(len(source)), limit)))
-
-
-def _result_fields(tc: TrainConfig) -> dict[str, Any]:
-    """The TrainConfig fields that change the trained weights (not device, workers, logging)."""
-    skip = {"device", "num_workers", "log_every", "channels_last"}
-    return {k: v for k, v in dataclasses.asdict(tc).items() if k not in skip}

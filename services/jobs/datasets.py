@@ -62,11 +62,12 @@ def scoring_sets(store: ObjectStore, cache_dir: Path, plan: StepPlan) -> list[tu
     return sets
 
 
-def class_scores(plan: StepPlan, scored: Sequence[tuple[ScoringTask, EvalResult]]) -> dict[int, ClassScore]:
-    """{global class index: score} for every class a scoring task introduced that the model knows."""
+def class_scores(plan: StepPlan, tasks: Sequence[ScoringTask], results: Sequence[EvalResult]) -> dict[int, ClassScore]:
+    """{global class index: score} for every class a scoring task introduced that the model knows;
+    ``results``: each task's evaluation, in order."""
     channels = channels_of(plan.class_map)
     return {index: class_score(result.confusion, channels.index(index))
-            for task, result in scored for index in task.introduced if index in channels}
+            for task, result in zip(tasks, results, strict=True) for index in task.introduced if index in channels}
 
 
 def _lut(spec: ResolvedSpec, class_map: dict[int, str]) -> np.ndarray:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from services.data.upload import UploadRejected
-from services.errors import Conflict, NotFound
+from services.errors import Conflict, InvalidInput, NotFound
 
 
 class TaskNotFound(NotFound):
@@ -19,7 +18,7 @@ class RegistrationConflict(Conflict):
     in production to add classes to, no class indices left."""
 
 
-class IdempotencyMismatch(UploadRejected):
+class IdempotencyMismatch(InvalidInput):
     """An Idempotency-Key reused with a different request."""
 
 

@@ -66,7 +66,7 @@ def run_training_task(ctx: JobContext, task_id: str) -> str:
 def _train_and_record(ctx: JobContext, plan: StepPlan) -> int:
     config = plan.spec.step_config(first=plan.parent is None, step_index=plan.step_index, train=WORKER_TRAIN_SETTINGS)
     cache = ctx.settings.cache_dir
-    scoring = scoring_sets(ctx.store, cache, plan)
+    scoring = scoring_sets(ctx.store, cache, plan)  # fetched before the hours of training: fail early
     hooks = StepHooks(
         checkpoint_dir=_restore_state(ctx, plan.task_id),
         on_progress=ProgressWriter(ctx.sessions, plan.task_id), should_cancel=CancelCheck(ctx.sessions, plan.task_id),
@@ -74,7 +74,7 @@ def _train_and_record(ctx: JobContext, plan: StepPlan) -> int:
     )
     result = run_step(config, _parent_model(ctx, plan), channel_names(plan.class_map),
                       train_set(ctx.store, cache, plan), [s for _, s in scoring], hooks)
-    scores = class_scores(plan, [(task, scored) for (task, _), scored in zip(scoring, result.scores)])
+    scores = class_scores(plan, [task for task, _ in scoring], result.scores)
     return record_step(ctx, plan, result.model.cpu(), scores, result.method)
 
 

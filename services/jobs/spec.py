@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from services.data.upload import UploadRejected, listed
 from services.db.models import Task
@@ -28,6 +28,7 @@ from services.learning.config import (
     DEFAULT_LAMBDA_D,
     DEFAULT_LAMBDA_E,
     DEFAULT_LAMBDA_U,
+    DEFAULT_LD_FORM,
     LD_FORMS,
     WEIGHT_NAMES,
     StepConfig,
@@ -39,6 +40,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 DEFAULT_IMAGE_SIZE = 512  # the papers' crop
 Colour = tuple[int, int, int]
+# The validation context of a stored row read back: the client's rules (names, methods, palette)
+# held when it was registered, and may have changed since; only the types are checked again.
+STORED = {"stored": True}
+
+
+def _client_rules(info: ValidationInfo) -> bool:
+    return not (info.context or {}).get("stored")
 
 
 class Hyperparameters(BaseModel):
@@ -59,7 +67,7 @@ class Hyperparameters(BaseModel):
     lambda_u: float | None = Field(None, ge=0, le=1e4,
                                    description=f"Unbiased distillation weight (mib; default {DEFAULT_LAMBDA_U:g}).")
     ld_form: Literal[LD_FORMS] | None = Field(  # type: ignore[valid-type]
-        None, description=f"Form of L'_D: the ILT paper's (default, {LD_FORMS[0]!r}) or MiB's renormalised one.")
+        None, description=f"Form of L'_D: the ILT paper's (default, {DEFAULT_LD_FORM!r}) or MiB's renormalised one.")
     seed: int | None = Field(None, ge=0, le=2**31 - 1,
                              description=f"Random seed of the run (default {TrainConfig.seed}).")
     pretrained_backbone: bool | None = Field(
@@ -134,35 +142,30 @@ class TaskSpec(BaseModel):
     also_labelled: list[str] = Field(default_factory=list, description=(
         "Existing classes these masks label too, after the new ones (index format: values n+1, n+2, ...)."))
 
-    @field_validator("classes")
+    @field_validator("classes", "also_labelled")
     @classmethod
-    def _classes(cls, v: list[str]) -> list[str]:
-        return _clean_names(v, "classes")
-
-    @field_validator("also_labelled")
-    @classmethod
-    def _also_labelled(cls, v: list[str]) -> list[str]:
-        return _clean_names(v, "also_labelled")
+    def _names(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return _clean_names(v, info.field_name) if _client_rules(info) else v
 
     @field_validator("method")
     @classmethod
-    def _method(cls, v: str | None) -> str | None:
-        if v is not None and v not in SERVICE_METHODS:
+    def _method(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and v not in SERVICE_METHODS and _client_rules(info):
             raise ValueError(f"unknown method {v!r}; choose one of {', '.join(SERVICE_METHODS)} "
                              "(joint needs every earlier step's images, which the service does not keep)")
         return v
 
     @field_validator("model")
     @classmethod
-    def _model(cls, v: str | None) -> str | None:
-        if v is not None and v not in ARCHITECTURES:
+    def _model(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and v not in ARCHITECTURES and _client_rules(info):
             raise ValueError(f"unknown model {v!r}; choose one of {', '.join(ARCHITECTURES)}")
         return v
 
     @field_validator("palette")
     @classmethod
-    def _palette_colours(cls, v: dict[str, Colour] | None) -> dict[str, Colour] | None:
-        if v is None:
+    def _palette_colours(cls, v: dict[str, Colour] | None, info: ValidationInfo) -> dict[str, Colour] | None:
+        if v is None or not _client_rules(info):
             return v
         v = {name.strip(): tuple(colour) for name, colour in v.items()}
         for name, colour in v.items():
@@ -176,7 +179,9 @@ class TaskSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> TaskSpec:
+    def _consistent(self, info: ValidationInfo) -> TaskSpec:
+        if not _client_rules(info):
+            return self
         both = sorted(set(self.classes) & set(self.also_labelled))
         if both:
             raise ValueError(f"{listed(both)} cannot be both new (classes) and existing (also_labelled)")
@@ -208,7 +213,10 @@ class TaskSpec(BaseModel):
 
 class ResolvedSpec(TaskSpec):
     """A registered task's spec: the client's, with what registration resolved. Stored flat as the
-    task row's JSON (``stored()``), which is how every row has been written."""
+    task row's JSON (``stored()``), which is how every row has been written; read back with
+    ``of(task)``, which checks types only, so rows written under earlier rules keep loading."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     method: str = Field(description="The method this task trains with (the default resolved).")
     model: str = Field(description="The lineage's architecture.")
@@ -217,7 +225,7 @@ class ResolvedSpec(TaskSpec):
 
     @classmethod
     def of(cls, task: Task) -> ResolvedSpec:
-        return cls.model_validate(task.spec)
+        return cls.model_validate(task.spec, context=STORED)
 
     def stored(self) -> dict[str, Any]:
         """The row's JSON: hyperparameters the client set only, no palette for index masks."""

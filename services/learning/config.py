@@ -21,7 +21,8 @@ DEFAULT_LAMBDA_D = 1.0
 DEFAULT_LAMBDA_E = 50.0
 DEFAULT_LAMBDA_U = 10.0
 WEIGHT_NAMES: tuple[str, ...] = ("lambda_d", "lambda_e", "lambda_u")
-LD_FORMS: tuple[str, ...] = ("paper", "mib")
+DEFAULT_LD_FORM = "paper"
+LD_FORMS: tuple[str, ...] = (DEFAULT_LD_FORM, "mib")
 
 # Config fields a resumed run must share with the run that wrote the checkpoint: they change the
 # result. The others (device, workers, layout, logging) only change how fast it comes.

@@ -38,7 +38,14 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from services.learning import losses
-from services.learning.config import DEFAULT_LAMBDA_D, DEFAULT_LAMBDA_E, DEFAULT_LAMBDA_U, LD_FORMS, WEIGHT_NAMES
+from services.learning.config import (
+    DEFAULT_LAMBDA_D,
+    DEFAULT_LAMBDA_E,
+    DEFAULT_LAMBDA_U,
+    DEFAULT_LD_FORM,
+    LD_FORMS,
+    WEIGHT_NAMES,
+)
 from services.learning.names import METHODS
 from services.learning.zoo import SegModel, SegOutput
 
@@ -96,7 +103,7 @@ class OutputDistillation(_TeacherPiece):
     form: "paper" (default, ILT eq. 3) or "mib" (MiB's re-implementation: softmax over the old
     channels only, averaged over them; use it with a larger lambda, MiB uses 100)."""
 
-    def __init__(self, lambda_d: float = DEFAULT_LAMBDA_D, form: str = "paper") -> None:
+    def __init__(self, lambda_d: float = DEFAULT_LAMBDA_D, form: str = DEFAULT_LD_FORM) -> None:
         if form not in LD_FORMS:
             raise ValueError(f"ld_form must be one of {', '.join(LD_FORMS)}, got {form!r}")
         self.lambda_d = _weight("lambda_d", lambda_d)
@@ -215,7 +222,7 @@ def build_method(name: str, num_old_classes: int, *, ld_form: str | None = None,
     if num_old_classes == 0:
         # Step 0: no previous model, nothing to distil or freeze.
         return Method(name, 0, (CrossEntropy(),))
-    pieces = _pieces(name, num_old_classes, given, ld_form or "paper")
+    pieces = _pieces(name, num_old_classes, given, ld_form or DEFAULT_LD_FORM)
     return Method(name, num_old_classes, pieces, "mib" if name == "mib" else "random")
 
 

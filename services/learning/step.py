@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from services.evaluation.evaluate import EvalResult, evaluate
+from services.evaluation.evaluate import EVAL_BATCH_SIZE, EvalResult, evaluate
 from services.learning.config import StepConfig
 from services.learning.growth import grow_classifier
 from services.learning.methods import Method, build_method
@@ -32,7 +32,7 @@ class EvalSet:
     dataset: Dataset
     old_classes: Sequence[int] = ()
     new_classes: Sequence[int] = ()
-    batch_size: int = 8
+    batch_size: int = EVAL_BATCH_SIZE
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.config import Settings
-from services.evaluation.metrics import forgetting_vs
+from services.evaluation.metrics import forgetting_vs, mean
 
 TOLERANCE_POINTS = 1e-9  # a drop exactly at the limit passes despite float rounding
 # IoU values are fractions in [0, 1] everywhere in storage and the API; "points" (IoU x 100) are
@@ -93,7 +93,7 @@ def decide(policy: PromotionPolicy, c: Candidate) -> PromotionDecision:
     promote = not failed
     summary = (f"v{c.version} may be production" if promote
                else f"v{c.version} waits as a candidate: {failed[0]}")
-    mean_drop = sum(drops.values()) / len(drops) if drops else None
+    mean_drop = mean(drops.values())
     worst = max(drops, key=drops.__getitem__) if drops else None
     return PromotionDecision(
         promote=promote, summary=summary, reasons=tuple(failed + passed),
@@ -140,10 +140,10 @@ def _check_forgetting(policy: PromotionPolicy, c: Candidate, drops: dict[int, fl
         worst = max(drops, key=drops.__getitem__)
         checks.append((True, f"no old class lost more than {limit:g} IoU points against v{c.parent} "
                              f"(largest drop: {c.name(worst)}, {drops[worst]:.2f})"))
-    if drops:
-        mean = sum(drops.values()) / len(drops)
-        ok = mean <= limit + TOLERANCE_POINTS
+    mean_drop = mean(drops.values())
+    if mean_drop is not None:
+        ok = mean_drop <= limit + TOLERANCE_POINTS
         verdict = "within" if ok else "beyond"
-        checks.append((ok, f"old-class mIoU dropped {mean:.2f} points against v{c.parent}, {verdict} "
+        checks.append((ok, f"old-class mIoU dropped {mean_drop:.2f} points against v{c.parent}, {verdict} "
                            f"the limit of {limit:g}"))
     return checks

@@ -10,7 +10,7 @@ from api.errors import status_of
 from api.main import create_app
 from services.errors import Conflict, InvalidInput, NotFound, StrataError, TooLarge, Unavailable
 from services.jobs.errors import RegistrationConflict, TaskNotFound
-from services.storage import StorageUnavailable
+from services.storage import StorageError, StorageUnavailable
 from tests.api.test_tasks import bearer, dataset, post_task
 from tests.conftest import free_port
 
@@ -53,3 +53,15 @@ def test_an_unreachable_object_store_is_a_503_naming_it(embedded_settings) -> No
     with TestClient(create_app(dead)) as c:
         r = post_task(c, admin, {"classes": ["car"]}, dataset(2, 1))
     assert r.status_code == 503 and "127.0.0.1" in only_detail(r)
+
+
+def test_a_fault_of_ours_is_a_500_that_leaks_nothing(prepared) -> None:
+    app = create_app(prepared)
+
+    def broken() -> None:
+        raise StorageError("object datasets/secret/key vanished")  # a domain error outside the categories
+
+    app.add_api_route("/broken", broken)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/broken")
+    assert r.status_code == 500 and only_detail(r) == "internal server error (see the server log)"

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from services.data.upload import UploadRejected
 from services.db.models import Task
 from services.jobs.spec import ResolvedSpec, TaskSpec, parse_spec
 from services.learning.config import StepConfig, TrainConfig
@@ -54,3 +57,13 @@ def test_training_settings_come_from_the_spec_where_given_and_from_the_engine_el
     default = ResolvedSpec.model_validate({**OLD_ROW, "hyperparameters": {}}).step_config(first=True, step_index=0,
                                                                                           train={})
     assert default.pretrained_backbone is StepConfig.pretrained_backbone and default.backbone_weights is None
+
+
+def test_a_row_written_under_earlier_rules_still_loads() -> None:
+    """Rows keep loading when the client's rules change: tasks could ask for `joint` once, and a
+    key a later release drops must not break the rows that have it."""
+    row = {**OLD_ROW, "method": "joint", "retired_field": 1}
+    spec = ResolvedSpec.of(Task(spec=row))
+    assert spec.method == "joint" and spec.classes == ["bicycle"]
+    with pytest.raises(UploadRejected, match="unknown method 'joint'"):
+        parse_spec('{"classes": ["bicycle"], "method": "joint"}')
