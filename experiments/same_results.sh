@@ -15,6 +15,7 @@ WORK=$(mktemp -d)
 trap 'git worktree remove --force "$WORK/a" 2>/dev/null; git worktree remove --force "$WORK/b" 2>/dev/null; rm -rf "$WORK"' EXIT
 git worktree add -q --detach "$WORK/a" "$A"
 git worktree add -q --detach "$WORK/b" "$B"
+mkdir -p "$WORK/out-a" "$WORK/out-b"
 
 run() {  # checkout out method
   (cd "$1" && OMP_NUM_THREADS=1 PYTHONPATH="$1" "$PY" -m services.cli.main experiment --data "$DATA" --scenario 8-3 \
