@@ -4,13 +4,14 @@ In one run this publishes a small model (``lraspp_mobilenet_v3_large`` from rand
 saved with ``save_model`` and recorded as version 1 in a temporary embedded data dir), serves the
 API with uvicorn in a subprocess on a free port, and measures:
   (a) latency: /segment p50/p95 over N sequential requests against the bare forward on the same
-      decoded image (``eval_preprocess`` + forward + argmax, in this process): aim p50 <= 1.2x;
+      decoded image (``eval_preprocess`` + ``predict_logits`` at the input's resolution + argmax,
+      in this process): aim p50 <= 1.2x;
   (b) throughput: 16 concurrent clients (threads, one httpx client each) against the bare batched
       forward at batch size 16 (the server's max batch is set to the number of clients): aim >= 0.8x.
 Bare and served measurements alternate (per request for latency, per round for throughput), so
 drifting machine load hits both alike. The mean batch size the server formed is read from /metrics.
 
-    python bench/bench_segment.py                          # 256 px model, 480x360 JPEG input
+    python bench/bench_segment.py                          # 256 px shorter side, 480x360 JPEG input
     python bench/bench_segment.py --image-size 128 --requests 100 --json results.json
     OMP_NUM_THREADS=1 python bench/bench_segment.py    # thread count: the API subprocess inherits it
 """
@@ -46,6 +47,7 @@ from services.config import Settings, load_settings, settings_env  # noqa: E402
 from services.data.transforms import eval_preprocess  # noqa: E402
 from services.db.models import SemanticClass, Task  # noqa: E402
 from services.db.session import make_engine, make_session_factory, session_scope  # noqa: E402
+from services.evaluation.predict import predict_logits  # noqa: E402
 from services.learning.checkpoint import load_model, save_model  # noqa: E402
 from services.learning.names import SMALL_ARCHITECTURE  # noqa: E402
 from services.learning.zoo import SegModel, build_model  # noqa: E402
@@ -114,11 +116,14 @@ class Bare:
     model: SegModel
     image_size: int
 
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        """eval_preprocess + forward + argmax: uint8-able channel indices [N, h, w]."""
+    def __call__(self, images: list[Image.Image]) -> list[torch.Tensor]:
+        """What the server computes, without the serving: eval_preprocess (shorter side at
+        image_size), predict_logits (padded forward, logits upsampled to the input's resolution),
+        argmax: channel indices [H, W] per image. The bench's images are all one size: one forward."""
         batch = torch.stack([eval_preprocess(im, self.image_size) for im in images])
         with torch.inference_mode():
-            return self.model(batch).logits.argmax(1)
+            logits = predict_logits(self.model, batch, [(im.height, im.width) for im in images])
+            return [one.argmax(0) for one in logits]
 
 
 def timed(fn, *args) -> float:
@@ -306,7 +311,7 @@ def print_table(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--image-size", type=int, default=256, help="the model's input size (px)")
+    p.add_argument("--image-size", type=int, default=256, help="the model's shorter side (px)")
     p.add_argument("--input", default="480x360", help="the uploaded image's WIDTHxHEIGHT")
     p.add_argument("--requests", type=int, default=60, help="sequential requests for the latency figures")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (and the server's max batch)")

@@ -1,9 +1,12 @@
 """One model version, loaded and ready to segment: ``Predictor``.
 
 A predictor turns PIL images into masks of GLOBAL class indices at each image's own size:
-``eval_preprocess`` (the evaluation's own preprocessing) to the version's ``image_size``, one
-batched forward, argmax over channels, channel -> global index through a lookup table (the model's
-channel ch is global class ``sorted(class_map)[ch]``), NEAREST resize back to the input size.
+``eval_preprocess`` (the evaluation's own preprocessing: the whole image, shorter side at the
+version's ``image_size``, aspect ratio kept), then ``predict_logits`` (the evaluation's own
+forward: padded to the network's stride, the padding cropped off the logits, which are upsampled
+bilinearly to the INPUT image's resolution), argmax over channels there, channel -> global index
+through a lookup table (the model's channel ch is global class ``sorted(class_map)[ch]``). Images
+that preprocess to the same size share one forward.
 
 The checkpoint is downloaded to ``{cache_dir}/checkpoints/{version}/model.pt`` (reused when its
 sha256 matches the registry's) and loaded with that sha256 checked: a version is immutable, and
@@ -24,8 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.data.transforms import as_hw, eval_preprocess
+from services.data.transforms import as_hw, eval_preprocess, shorter_side
 from services.db.models import ModelVersion
+from services.evaluation.predict import predict_logits, same_size_groups
 from services.inference.errors import ModelLoadError
 from services.learning.checkpoint import load_model
 from services.learning.classmap import channel_names, channels_of
@@ -44,7 +48,7 @@ class VersionSpec:
     version: int
     architecture: str
     class_map: dict[int, str]  # global index -> name
-    image_size: tuple[int, int]  # (height, width) the model was trained and evaluated at
+    image_size: int  # the shorter side, in pixels, the model was trained and evaluated at
     checkpoint_key: str
     checkpoint_sha256: str
 
@@ -55,12 +59,14 @@ class VersionSpec:
             raise ModelLoadError(
                 f"model version {row.version} has no image_size in its hyperparameters: cannot preprocess for it")
         try:
-            hw = as_hw(size if isinstance(size, int) else tuple(size))
+            # An int is the shorter side. Rows may also hold a (height, width) pair, from when images
+            # were squashed to that size: the version then serves at min(h, w) as its shorter side.
+            short = shorter_side(size) if isinstance(size, int) else min(as_hw(tuple(size)))
         except (TypeError, ValueError) as err:
             raise ModelLoadError(f"model version {row.version} has an invalid image_size {size!r}: {err}") from None
         return cls(
             version=row.version, architecture=row.architecture,
-            class_map={int(k): str(v) for k, v in row.class_map.items()}, image_size=hw,
+            class_map={int(k): str(v) for k, v in row.class_map.items()}, image_size=short,
             checkpoint_key=row.checkpoint_key, checkpoint_sha256=row.checkpoint_sha256,
         )
 
@@ -104,26 +110,29 @@ class Predictor:
         return predictor
 
     def warm_up(self, batch_size: int = 1) -> None:
-        """One forward on a blank batch, so the first request does not pay for lazy initialisation."""
-        h, w = self.image_size
-        self._forward(torch.zeros(batch_size, 3, h, w))
+        """One forward on a blank square batch at the version's size, so the first request does not
+        pay for lazy initialisation."""
+        s = self.image_size
+        self._forward(torch.zeros(batch_size, 3, s, s), [(s, s)] * batch_size)
 
     # --- inference -------------------------------------------------------------------------
     def predict_batch(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         """Masks of global class indices, uint8 [H_i, W_i], one per image at that image's size."""
-        if not images:
-            return []
-        batch = torch.stack([eval_preprocess(im, self.image_size) for im in images])  # [N, 3, h, w]
-        masks = self._forward(batch).numpy()  # [N, h, w] uint8
-        return [_resize_nearest(mask, im.size) for mask, im in zip(masks, images)]
+        inputs = [eval_preprocess(im, self.image_size) for im in images]  # [3, h_i, w_i], shorter side image_size
+        masks: dict[int, np.ndarray] = {}
+        for group in same_size_groups([x.shape for x in inputs]):  # one forward per preprocessed size
+            found = self._forward(torch.stack([inputs[i] for i in group]),
+                                  [(images[i].height, images[i].width) for i in group])
+            masks.update(zip(group, found))
+        return [masks[i] for i in range(len(images))]
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """[N, 3, h, w] normalised -> uint8 [N, h, w] global class indices, on the CPU."""
-        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+    def _forward(self, batch: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """[N, 3, h, w] normalised -> N uint8 [H_i, W_i] global class indices at ``sizes`` (H_i, W_i)."""
+        x = batch.to(self.device, non_blocking=True)
         with torch.inference_mode(), _autocast(self.device, self.amp_dtype):
-            logits = self.model(x).logits  # [N, C, h, w]
-            indices = self.channel_to_index[logits.argmax(dim=1)]  # [N, h, w]
-        return indices.cpu()
+            logits = predict_logits(self.model, x, sizes, memory_format=self.memory_format)  # [C, H_i, W_i] each
+            indices = [self.channel_to_index[one.argmax(dim=0)] for one in logits]  # [H_i, W_i] each
+        return [ix.cpu().numpy() for ix in indices]
 
 
 def _check_matches_registry(spec: VersionSpec, model: SegModel, checkpoint_names: Mapping[int, str]) -> None:
@@ -136,13 +145,6 @@ def _check_matches_registry(spec: VersionSpec, model: SegModel, checkpoint_names
         raise ModelLoadError(
             f"model version {spec.version}: the checkpoint's channels name {dict(checkpoint_names)}, the registry's "
             f"class map gives {expected}")
-
-
-def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [h, w] -> uint8 [H, W] for PIL ``size`` (W, H); NEAREST, so indices are never blended."""
-    if (mask.shape[1], mask.shape[0]) == tuple(size):
-        return mask
-    return np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

@@ -37,7 +37,8 @@ def fetch_items(store: ObjectStore, items: Sequence[ItemRef], cache_dir: Path) -
 
 
 def train_set(store: ObjectStore, cache_dir: Path, plan: StepPlan) -> SegmentationDataset:
-    """The task's training images, masks mapped to the new model's channels, augmented.
+    """The task's training images, masks mapped to the new model's channels, augmented (shorter
+    side at the spec's image size times the random scale, image_size x image_size crops).
 
     Augmentation draws from torch's global RNG, which the trainer seeds and saves in every epoch
     checkpoint: a resumed run then sees the same crops and flips as an uninterrupted one."""
@@ -49,7 +50,8 @@ def train_set(store: ObjectStore, cache_dir: Path, plan: StepPlan) -> Segmentati
 
 def scoring_sets(store: ObjectStore, cache_dir: Path, plan: StepPlan) -> list[tuple[ScoringTask, EvalSet]]:
     """Every task that introduced a class of the new version and has validation images, with
-    them fetched, at the step's image size."""
+    them fetched: images with their shorter side at the step's image size, masks (the scored
+    pixels) at their own resolution."""
     channels = channels_of(plan.class_map)
     sets = []
     for task in plan.scoring:

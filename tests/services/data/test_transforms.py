@@ -1,4 +1,5 @@
-"""Augmentation keeps image and mask aligned; evaluation preprocessing is deterministic."""
+"""Augmentation keeps image and mask aligned; evaluation preprocessing is deterministic; both keep
+the aspect ratio (``size`` is the shorter side)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from services.data.transforms import (
+    MAX_ASPECT,
+    STRIDE,
     EvalTransform,
     TrainTransform,
+    crop_padding,
     denormalize,
-    eval_mask,
     eval_preprocess,
+    pad_to_stride,
+    scaled_hw,
 )
 
 STEP = 25  # grey level per class: image value = class * STEP
@@ -100,17 +105,91 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_eval_preprocess_resizes_and_normalises() -> None:
     mean_colour = Image.new("RGB", (50, 30), (124, 116, 104))  # ImageNet mean * 255
-    x = eval_preprocess(mean_colour, (20, 40))
-    assert x.shape == (3, 20, 40)
+    x = eval_preprocess(mean_colour, 20)
+    assert x.shape == (3, 20, 33)  # shorter side 20, 50 * 20 / 30 = 33.3 wide
     assert x.abs().max() < 0.01
     white = eval_preprocess(Image.new("RGB", (8, 8), (255, 255, 255)), 4)
     assert torch.allclose(white[:, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
 
 
-def test_eval_transform_is_deterministic_and_nearest() -> None:
+@pytest.mark.parametrize("width, height, size, expected", [
+    (480, 360, 128, (128, 171)),  # a CamVid frame: no longer squashed to 128 x 128
+    (360, 480, 128, (171, 128)),  # portrait
+    (64, 64, 32, (32, 32)),
+    (60, 10, 20, (20, 120)),  # upscaled when smaller
+    (33, 47, 33, (47, 33)),  # already there: unchanged
+])
+def test_eval_preprocess_keeps_the_aspect_ratio(width: int, height: int, size: int, expected: tuple[int, int]) -> None:
+    assert scaled_hw(height, width, size) == expected
+    x = eval_preprocess(Image.new("RGB", (width, height)), size)
+    assert x.shape == (3, *expected) and min(x.shape[1:]) == size
+
+
+def test_a_thinner_image_than_max_aspect_is_held_at_max_aspect() -> None:
+    """A 1 x 40000 strip is not grown into a 512 x 20 million image: its longer side stops at
+    MAX_ASPECT x 512, the aspect ratio still kept."""
+    assert scaled_hw(1, 40000, 512) == (1, MAX_ASPECT * 512)
+    assert scaled_hw(40000, 1, 512) == (MAX_ASPECT * 512, 1)
+    assert scaled_hw(100, 100 * MAX_ASPECT, 50) == (50, 50 * MAX_ASPECT)  # at the limit: the shorter side rules
+    assert scaled_hw(10, 1000, 20) == (2, 20 * MAX_ASPECT)
+    x = eval_preprocess(Image.new("RGB", (2000, 10)), 16)
+    assert x.shape == (3, 1, 16 * MAX_ASPECT)
+
+
+def test_eval_preprocess_takes_the_shorter_side_only() -> None:
+    with pytest.raises(TypeError, match="shorter side"):
+        eval_preprocess(Image.new("RGB", (8, 8)), (4, 6))  # type: ignore[arg-type]
+
+
+def test_eval_transform_keeps_the_mask_at_its_own_resolution() -> None:
     image, mask = _blocky_pair()
+    image, mask = image.resize((64, 40)), mask.resize((64, 40), Image.NEAREST)
     t = EvalTransform(24)
     (x1, m1), (x2, m2) = t(image, mask), t(image, mask)
     assert torch.equal(x1, x2) and torch.equal(m1, m2)
-    assert set(m1.unique().tolist()) <= set(np.unique(np.asarray(mask)).tolist())
-    assert torch.equal(eval_mask(mask, 24), m1)
+    assert x1.shape == (3, 24, 38)  # shorter side 24, aspect kept
+    assert m1.dtype == torch.long and torch.equal(m1, torch.from_numpy(np.array(mask)).long())  # untouched
+    with pytest.raises(ValueError, match="mask is"):
+        t(image, mask.resize((10, 10)))
+
+
+def test_pad_to_stride_pads_bottom_right_and_crop_padding_undoes_it() -> None:
+    x = torch.randn(2, 3, 20, 33)
+    padded = pad_to_stride(x)
+    assert padded.shape == (2, 3, -(-20 // STRIDE) * STRIDE, -(-33 // STRIDE) * STRIDE)
+    assert padded.shape[-2] % STRIDE == 0 and padded.shape[-1] % STRIDE == 0
+    assert torch.equal(crop_padding(padded, (20, 33)), x)
+    assert padded[..., 20:, :].abs().sum() == 0 and padded[..., :, 33:].abs().sum() == 0
+    exact = torch.randn(3, STRIDE, 2 * STRIDE)
+    assert pad_to_stride(exact) is exact  # already a multiple: nothing to do
+    assert pad_to_stride(torch.ones(1, 5, 7), stride=4, value=2.0)[0, 6, 7] == 2.0
+
+
+def test_train_transform_keeps_the_aspect_ratio_and_crops_to_the_crop_size() -> None:
+    """A 2:1 picture at unit scale: its shorter side becomes ``size``, its width twice that; a crop
+    larger than it holds it whole (top left) with void around."""
+    image, mask = _blocky_pair(size=64, block=8)
+    image, mask = image.resize((120, 60)), mask.resize((120, 60), Image.NEAREST)
+    img, msk = TrainTransform(30, scale=(1.0, 1.0), flip_p=0.0, crop=(40, 80))(image, mask)
+    assert img.shape == (3, 40, 80) and msk.shape == (40, 80)
+    picture = msk != 255
+    assert picture[:30, :60].all() and not picture[30:].any() and not picture[:, 60:].any()
+    assert torch.equal(msk[:30, :60], torch.from_numpy(np.array(mask.resize((60, 30), Image.NEAREST))).long())
+
+
+@pytest.mark.parametrize("crop, expected", [(None, (24, 24)), (20, (20, 20)), ((16, 40), (16, 40))])
+def test_train_transform_crop_sizes(crop, expected) -> None:
+    image, mask = _blocky_pair()
+    image, mask = image.resize((96, 48)), mask.resize((96, 48), Image.NEAREST)
+    for seed in range(5):
+        img, msk = TrainTransform(24, crop=crop, generator=torch.Generator().manual_seed(seed))(image, mask)
+        assert img.shape == (3, *expected) and msk.shape == expected
+
+
+def test_train_transform_scales_the_shorter_side() -> None:
+    """s = 0.5 of size 40: a 100x50 picture becomes 40x20 in the (void-padded) 32x48 crop."""
+    image, mask = _blocky_pair()
+    image, mask = image.resize((100, 50)), mask.resize((100, 50), Image.NEAREST)
+    _, msk = TrainTransform(40, scale=(0.5, 0.5), flip_p=0.0, crop=(32, 48))(image, mask)
+    picture = msk != 255
+    assert picture.sum() == 20 * 40 and picture[:20, :40].all()

@@ -1,13 +1,19 @@
-"""Predictor: masks of global class indices at each input's size, the evaluation's preprocessing,
-and checkpoints loaded only with the registry's sha256."""
+"""Predictor: masks of global class indices at each input's size, from the evaluation's
+preprocessing and forward (aspect ratio kept, logits upsampled to the input), and checkpoints
+loaded only with the registry's sha256."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch import nn
 
 from services.data.transforms import eval_preprocess
+from services.evaluation.predict import predict_logits
 from services.inference.errors import ModelLoadError
 from services.inference.predictor import Predictor, VersionSpec
 from services.learning.checkpoint import save_model, sha256_file
@@ -23,7 +29,7 @@ CLASS_MAP = {0: "background", 2: "dog", 5: "fish"}
 
 def spec(version: int = 1, sha256: str = "0" * 64, image_size: int = 32, class_map=CLASS_MAP) -> VersionSpec:
     return VersionSpec(version=version, architecture=ARCH, class_map=dict(class_map),
-                       image_size=(image_size, image_size),
+                       image_size=image_size,
                        checkpoint_key=f"checkpoints/{version}/model.pt", checkpoint_sha256=sha256)
 
 
@@ -54,33 +60,72 @@ def test_masks_hold_global_indices_at_each_inputs_size(winner, expected_index):
         assert np.all(mask == expected_index)
 
 
-def test_prediction_is_the_evaluations_argmax_resized_nearest():
-    """Same preprocessing as evaluation; the mask is the argmax at image_size, mapped and resized."""
+def test_prediction_is_the_evaluations_forward_at_the_inputs_resolution():
+    """Same preprocessing and forward as evaluation (shorter side at image_size, aspect kept); the
+    logits are upsampled to the input's resolution and the argmax taken there, then mapped."""
     torch.manual_seed(0)
     model = build_model(ARCH, 3).eval()
     predictor = Predictor(spec(image_size=48), model)
     image = random_image(96, 72, seed=4)
+    x = eval_preprocess(image, 48)
+    assert x.shape == (3, 48, 64)  # not squashed to 48 x 48
     with torch.no_grad():
-        logits = model(eval_preprocess(image, 48).unsqueeze(0)).logits  # [1, 3, 48, 48]
-    channels = logits.argmax(1)[0].numpy()
-    expected_small = np.array(channels_of(CLASS_MAP), dtype=np.uint8)[channels]  # [48, 48]
+        (logits,) = predict_logits(model, x.unsqueeze(0), [(72, 96)])  # [3, 72, 96]
+    expected = np.array(channels_of(CLASS_MAP), dtype=np.uint8)[logits.argmax(0).numpy()]
     mask = predictor.predict_batch([image])[0]
     assert mask.shape == (72, 96)
-    # NEAREST from 48 to 96 wide / 72 high: output pixel (y, x) samples (floor(y * 48 / 72), floor(x / 2)).
-    ys = (np.arange(72) * 48 // 72)
-    xs = (np.arange(96) * 48 // 96)
-    assert np.array_equal(mask, expected_small[np.ix_(ys, xs)])
+    assert np.array_equal(mask, expected)
     assert set(np.unique(mask)) <= {0, 2, 5}
+
+
+class _Out(NamedTuple):
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+class BrightIsClass1(nn.Module):
+    """Channel 1 where the (normalised) red value is positive, channel 0 elsewhere: it segments
+    what the image shows, so a squashed or shifted prediction would show in the mask."""
+
+    num_classes = 2
+
+    def forward(self, x: torch.Tensor) -> _Out:
+        bright = x[:, :1]
+        return _Out(torch.cat([-bright, bright], 1), x)
+
+
+@pytest.mark.parametrize("width, height", [(240, 60), (60, 240), (150, 113)])
+def test_non_square_inputs_are_answered_at_their_resolution_without_squashing(width, height):
+    """A thin bright stripe (4 px) in a non-square image comes back where it is, about as wide."""
+    predictor = Predictor(spec(image_size=32, class_map={0: "background", 7: "stripe"}), BrightIsClass1())
+    pixels = np.zeros((height, width, 3), np.uint8)
+    x0 = width // 2
+    pixels[:, x0 : x0 + 4] = 255
+    mask = predictor.predict_batch([Image.fromarray(pixels)])[0]
+    assert mask.shape == (height, width)
+    stripe = np.flatnonzero((mask == 7).mean(0) > 0.9)  # columns predicted stripe from top to bottom
+    assert stripe.size >= 2 and abs(stripe.min() - x0) <= 2 and abs(stripe.max() - (x0 + 3)) <= 2
+    assert np.all(mask[:, : x0 - 4] == 0) and np.all(mask[:, x0 + 8 :] == 0)
 
 
 def test_a_batch_answers_like_single_images():
     torch.manual_seed(1)
     predictor = Predictor(spec(), build_model(ARCH, 3))
-    images = [random_image(40, 30, seed=s) for s in range(4)]
+    # Mixed sizes: 40x30 and 80x60 preprocess to the same 43x32 but answer at their own sizes.
+    images = [random_image(40, 30, seed=s) for s in range(3)] + [random_image(80, 60, seed=3),
+                                                                  random_image(30, 50, seed=4),
+                                                                  random_image(40, 30, seed=5)]
     batched = predictor.predict_batch(images)
+    assert [m.shape for m in batched] == [(30, 40)] * 3 + [(60, 80), (50, 30), (30, 40)]
     for image, mask in zip(images, batched):
         assert np.array_equal(predictor.predict_batch([image])[0], mask)
     assert predictor.predict_batch([]) == []
+
+
+def test_warm_up_runs_at_the_versions_size():
+    predictor = Predictor(spec(image_size=40), constant_model(3, 1))
+    predictor.warm_up(batch_size=2)
+    assert np.all(predictor.predict_batch([random_image(50, 40)])[0] == 2)
 
 
 def test_load_downloads_checks_and_reuses_the_cached_checkpoint(store, tmp_path):
@@ -145,9 +190,14 @@ def test_spec_needs_an_image_size():
                        checkpoint_key="k", checkpoint_sha256="0" * 64)
     with pytest.raises(ModelLoadError, match="model version 3 has no image_size"):
         VersionSpec.from_row(row)
-    row.hyperparameters = {"image_size": [24, 40]}
+    row.hyperparameters = {"image_size": 48}  # the shorter side
+    assert VersionSpec.from_row(row).image_size == 48
+    row.hyperparameters = {"image_size": [24, 40]}  # an old row's (height, width): its shorter side
     s = VersionSpec.from_row(row)
-    assert s.image_size == (24, 40) and s.class_map == {0: "background", 4: "x"}
+    assert s.image_size == 24 and s.class_map == {0: "background", 4: "x"}
     row.hyperparameters = {"image_size": 0}
     with pytest.raises(ModelLoadError, match="invalid image_size 0"):
+        VersionSpec.from_row(row)
+    row.hyperparameters = {"image_size": [24, 0]}
+    with pytest.raises(ModelLoadError, match=r"invalid image_size \[24, 0\]"):
         VersionSpec.from_row(row)
