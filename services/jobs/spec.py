@@ -25,8 +25,11 @@ from services.db.models import Task
 from services.errors import describe_validation_errors
 from services.labels import BACKGROUND_NAME, MAX_CLASS_INDEX
 from services.learning.config import (
+    BATCHNORM_POLICIES,
+    DEFAULT_BATCHNORM,
     DEFAULT_LAMBDA_D,
     DEFAULT_LAMBDA_E,
+    DEFAULT_LAMBDA_POD,
     DEFAULT_LAMBDA_U,
     DEFAULT_LD_FORM,
     LD_FORMS,
@@ -66,6 +69,14 @@ class Hyperparameters(BaseModel):
         f"Feature distillation weight (le, ld+le; default {DEFAULT_LAMBDA_E:g})."))
     lambda_u: float | None = Field(None, ge=0, le=1e4,
                                    description=f"Unbiased distillation weight (mib; default {DEFAULT_LAMBDA_U:g}).")
+    lambda_pod: float | None = Field(None, ge=0, le=1e4, description=(
+        f"Local POD feature distillation weight (plop; default {DEFAULT_LAMBDA_POD:g})."))
+    batchnorm: Literal[BATCHNORM_POLICIES] | None = Field(  # type: ignore[valid-type]
+        None, description=f"BatchNorm statistics: re-estimated after training ('recalibrate', default "
+        f"{DEFAULT_BATCHNORM!r}), left as training moved them ('update'), or kept at the parent's ('frozen').")
+    class_balance: float | None = Field(None, ge=0, le=1, description=(
+        "Class weights of the classification loss: the power of median-frequency balancing over the task's "
+        f"labels (0 none, 0.5 square root, 1 full; default {TrainConfig.class_balance:g})."))
     ld_form: Literal[LD_FORMS] | None = Field(  # type: ignore[valid-type]
         None, description=f"Form of L'_D: the ILT paper's (default, {DEFAULT_LD_FORM!r}) or MiB's renormalised one.")
     seed: int | None = Field(None, ge=0, le=2**31 - 1,
@@ -78,7 +89,8 @@ class Hyperparameters(BaseModel):
         None, max_length=1024, description="First task only: a backbone weights file on the worker's disk.")
 
     # Which engine config each field sets (None: not set, the engine's default holds).
-    TRAIN_FIELDS: ClassVar[tuple[str, ...]] = ("lr", "momentum", "weight_decay", "lr_power", "seed")
+    TRAIN_FIELDS: ClassVar[tuple[str, ...]] = ("lr", "momentum", "weight_decay", "lr_power", "seed", "batchnorm",
+                                                "class_balance")
     FIRST_STEP_FIELDS: ClassVar[tuple[str, ...]] = ("pretrained_backbone", "backbone_weights")
 
     def given(self) -> dict[str, Any]:
@@ -130,7 +142,9 @@ class TaskSpec(BaseModel):
                                description="New class names, in the order the mask values use (1, 2, ...).")
     method: str | None = Field(None, description=f"One of {', '.join(SERVICE_METHODS)}; default: the engine's best.")
     epochs: int = Field(TrainConfig.epochs, ge=1, le=1000)
-    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=32, le=2048, description="Training crop size in pixels.")
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=32, le=2048, description=(
+        "Shorter side in pixels at which images are trained, evaluated and served (aspect ratio kept); "
+        "training crops are image_size x image_size."))
     batch_size: int = Field(TrainConfig.batch_size, ge=1, le=256)
     val_fraction: float = Field(0.1, ge=0, lt=0.9,
                                 description="Share of images kept to score the new classes (at least one when > 0).")

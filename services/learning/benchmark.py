@@ -73,6 +73,8 @@ def method_step(setup: BenchSetup, method_name: str) -> StepFn:
     method = build_method(method_name, setup.teacher.num_classes)
     teacher = setup.teacher if method.needs_teacher else None
     method.setup(model, teacher)
+    if teacher is not None and method.needs_calibration:  # e.g. plop's thresholds: one pass, untimed
+        method.calibrate(teacher, [(setup.images, setup.labels)])
     method.train_mode(model)
     optimizer = build_optimizer(model, setup.config)
     scheduler = build_scheduler(optimizer, setup.config, total_steps=10**9)

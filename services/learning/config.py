@@ -20,13 +20,23 @@ from services.learning.names import DEFAULT_ARCHITECTURE
 DEFAULT_LAMBDA_D = 1.0
 DEFAULT_LAMBDA_E = 50.0
 DEFAULT_LAMBDA_U = 10.0
-WEIGHT_NAMES: tuple[str, ...] = ("lambda_d", "lambda_e", "lambda_u")
+DEFAULT_LAMBDA_POD = 0.01  # PLOP's pod_factor for its Local POD
+WEIGHT_NAMES: tuple[str, ...] = ("lambda_d", "lambda_e", "lambda_u", "lambda_pod")
 DEFAULT_LD_FORM = "paper"
 LD_FORMS: tuple[str, ...] = (DEFAULT_LD_FORM, "mib")
 
 # Config fields a resumed run must share with the run that wrote the checkpoint: they change the
 # result. The others (device, workers, layout, logging) only change how fast it comes.
-RESUME_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_power", "seed", "amp")
+RESUME_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_power", "seed", "amp", "batchnorm",
+                 "class_balance")
+
+# How BatchNorm's running statistics are handled (services.learning.batchnorm says why).
+BATCHNORM_POLICIES: tuple[str, ...] = ("recalibrate", "update", "frozen")
+DEFAULT_BATCHNORM = "recalibrate"
+
+# Class weights of the classification losses (services.learning.balance): the power of the
+# median-frequency weights. 0 = unweighted, 0.5 = square root, 1 = SegNet's balancing.
+DEFAULT_CLASS_BALANCE = 0.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
     amp: bool = True  # CUDA only: bf16 autocast when supported, else fp16 + GradScaler
+    batchnorm: str = DEFAULT_BATCHNORM  # one of BATCHNORM_POLICIES
+    class_balance: float = DEFAULT_CLASS_BALANCE  # power of the median-frequency class weights, 0..1
     channels_last: bool = True  # CUDA only
     num_workers: int = 0
     log_every: int = 10  # steps between on_progress calls (the last step of an epoch always reports)
@@ -52,8 +64,12 @@ class TrainConfig:
         _require("num_workers", self.num_workers, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
         _require("seed", self.seed, lambda v: isinstance(v, int) and v >= 0, "an int >= 0")
         _require("lr", self.lr, lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+        _require("class_balance", self.class_balance, lambda v: 0 <= v <= 1, "a number in [0, 1]")
         for name in ("momentum", "weight_decay", "lr_power"):
             _require(name, getattr(self, name), lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
+        if self.batchnorm not in BATCHNORM_POLICIES:
+            raise ValueError(f"TrainConfig.batchnorm must be one of {', '.join(BATCHNORM_POLICIES)}, "
+                             f"got {self.batchnorm!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"TrainConfig.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -32,20 +32,25 @@ is no previous model (step 0): every method then trains with plain L_CE, as in b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
+from services.labels import BACKGROUND_INDEX
 from services.learning import losses
 from services.learning.config import (
     DEFAULT_LAMBDA_D,
     DEFAULT_LAMBDA_E,
+    DEFAULT_LAMBDA_POD,
     DEFAULT_LAMBDA_U,
     DEFAULT_LD_FORM,
     LD_FORMS,
     WEIGHT_NAMES,
 )
+from services.learning.growth import classifier_convs
 from services.learning.names import METHODS
 from services.learning.zoo import SegModel, SegOutput
 
@@ -54,12 +59,26 @@ class Piece:
     """One ingredient of a method. Subclasses override the hooks they need."""
 
     needs_teacher: bool = False
+    needs_calibration: bool = False  # observe the teacher on the step's images before training
 
     def setup(self, model: SegModel, teacher: SegModel | None) -> None:
         """Once per training run, before the optimizer collects the trainable parameters."""
 
+    def observe(self, teacher_out: SegOutput, labels: Tensor) -> None:
+        """Calibration: the teacher's outputs on one batch of the step's training images, and
+        their labels [N, H, W]."""
+
+    def end_calibration(self) -> None:
+        """Calibration: every batch was observed."""
+
     def train_mode(self, model: SegModel) -> None:
         """After every ``model.train()`` call of the trainer."""
+
+    def after_step(self, model: SegModel) -> None:
+        """After every optimizer step."""
+
+    def set_class_weights(self, weights: Tensor) -> None:
+        """Per-channel weights [C] for the classification loss (``balance.class_weights``)."""
 
     def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
         """Weighted loss terms of one step: out (and teacher_out) logits [N, C, H, W] at the
@@ -71,21 +90,31 @@ class Piece:
         return f"{type(self).__name__}({fields})"
 
 
-class CrossEntropy(Piece):
+class _Classification(Piece):
+    """A classification loss, class-weighted when the trainer sets weights."""
+
+    class_weights: Tensor | None = None
+
+    def set_class_weights(self, weights: Tensor) -> None:
+        self.class_weights = weights
+
+
+class CrossEntropy(_Classification):
     """L_CE over the step's labels (255 ignored)."""
 
     def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
-        return {"ce": losses.cross_entropy(out.logits, labels)}
+        return {"ce": losses.cross_entropy(out.logits, labels, class_weights=self.class_weights)}
 
 
-class UnbiasedCrossEntropy(Piece):
+class UnbiasedCrossEntropy(_Classification):
     """MiB's unbiased CE: background-labelled pixels may be any old class."""
 
     def __init__(self, old_classes: int) -> None:
         self.old_classes = old_classes
 
     def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
-        return {"unce": losses.unbiased_cross_entropy(out.logits, labels, self.old_classes)}
+        return {"unce": losses.unbiased_cross_entropy(out.logits, labels, self.old_classes,
+                                                      class_weights=self.class_weights)}
 
 
 class _TeacherPiece(Piece):
@@ -138,6 +167,126 @@ class UnbiasedDistillation(_TeacherPiece):
         return {"ukd": self.lambda_u * kd}
 
 
+class _PseudoLabels(_TeacherPiece, _Classification):
+    """Background-labelled pixels relabelled with the teacher's confident predictions (PLOP).
+
+    Confidence: the teacher's normalised entropy below its predicted class's threshold; the
+    thresholds (``losses.entropy_thresholds``) come from one calibration pass of the teacher over
+    the step's training images, a pixel in 16 sampled (a 4x4 stride) to bound the memory."""
+
+    needs_calibration = True
+    SAMPLE_STRIDE = 4
+
+    def __init__(self, old_classes: int) -> None:
+        self.old_classes = old_classes
+        self.thresholds: Tensor | None = None
+        self._entropy: list[Tensor] = []
+        self._predicted: list[Tensor] = []
+
+    def observe(self, teacher_out: SegOutput, labels: Tensor) -> None:
+        step = self.SAMPLE_STRIDE
+        logits = teacher_out.logits[:, :, ::step, ::step].float()
+        background = labels[:, ::step, ::step] == BACKGROUND_INDEX  # PLOP's statistics: these pixels only
+        self._entropy.append(losses.normalized_entropy(logits)[background].cpu())
+        self._predicted.append(logits.argmax(dim=1)[background].cpu())
+
+    def end_calibration(self) -> None:
+        entropy, predicted = torch.cat(self._entropy), torch.cat(self._predicted)
+        self.thresholds = losses.entropy_thresholds(entropy, predicted, self.old_classes)
+        self._entropy, self._predicted = [], []
+
+    def pseudo_labels(self, teacher_out: SegOutput | None, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(labels with pseudo-labels [N, H, W], PLOP's per-image adaptive factor [N])."""
+        old = self._teacher(teacher_out)
+        if self.thresholds is None:
+            raise RuntimeError(f"{type(self).__name__} needs a calibration pass before training")
+        return losses.pseudo_label(labels, old.logits, self.thresholds.to(labels.device))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(old_classes={self.old_classes})"
+
+
+class PseudoLabelCrossEntropy(_PseudoLabels):
+    """PLOP's classification loss: L_CE on the pseudo-labelled masks, each image's pixel losses
+    scaled by its adaptive factor (the share of its background pixels that got a label)."""
+
+    def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        pseudo, factor = self.pseudo_labels(teacher_out, labels)
+        return {"plce": losses.cross_entropy(out.logits, pseudo, class_weights=self.class_weights,
+                                             image_weights=factor)}
+
+
+class PseudoLabelBinaryCrossEntropy(_PseudoLabels):
+    """The frozen-old method's loss: per-class binary cross-entropy of the trainable channels
+    (background and the new classes) on the pseudo-labelled masks; with class weights, each
+    channel's positive pixels weigh its class weight over background's."""
+
+    def __init__(self, old_classes: int) -> None:
+        super().__init__(old_classes)
+        self.channels: tuple[int, ...] = ()
+
+    def setup(self, model: SegModel, teacher: SegModel | None) -> None:
+        self.channels = (0, *range(self.old_classes, model.num_classes))
+
+    def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        pseudo, _ = self.pseudo_labels(teacher_out, labels)
+        pos = None
+        if self.class_weights is not None:
+            # A channel's positives weigh its class weight relative to background's: a rare new
+            # class's few pixels count as much as the background's many.
+            weights = self.class_weights.to(out.logits.device)
+            pos = weights[list(self.channels)] / weights[0]
+        return {"bce": losses.binary_cross_entropy(out.logits, pseudo, self.channels, pos_weights=pos)}
+
+
+class LocalPOD(_TeacherPiece):
+    """PLOP's Local POD: lambda_pod * sqrt(classes / new classes) * multi-scale pooled distillation
+    of every encoder stage (``SegOutput.stages``); lambda_pod = 0.01, PLOP's setting."""
+
+    def __init__(self, old_classes: int, lambda_pod: float = DEFAULT_LAMBDA_POD) -> None:
+        self.old_classes = old_classes
+        self.lambda_pod = _weight("lambda_pod", lambda_pod)
+        self.factor = 1.0
+
+    def setup(self, model: SegModel, teacher: SegModel | None) -> None:
+        # PLOP's adaptive factor: the fewer the new classes, the more the old knowledge weighs.
+        self.factor = math.sqrt(model.num_classes / (model.num_classes - self.old_classes))
+
+    def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
+        old = self._teacher(teacher_out)
+        pod = losses.local_pod(out.stages, old.stages)
+        return {"pod": self.lambda_pod * self.factor * pod}
+
+
+class FreezeOld(Piece):
+    """Everything the parent learnt stays fixed: the encoder, the decoder, every BatchNorm and the
+    classifier rows of the old foreground classes. Trainable: the final classifier conv(s)'
+    background row and new rows. Old rows are restored after each optimizer step, so neither
+    weight decay nor momentum moves them."""
+
+    def __init__(self, old_classes: int) -> None:
+        self.old_classes = old_classes
+        self._kept: list[tuple[nn.Conv2d, Tensor, Tensor]] = []
+
+    def setup(self, model: SegModel, teacher: SegModel | None) -> None:
+        model.requires_grad_(False)
+        self._kept = []
+        for parent, name in classifier_convs(model):
+            conv = getattr(parent, name)
+            conv.requires_grad_(True)
+            rows = slice(1, self.old_classes)
+            self._kept.append((conv, conv.weight.detach()[rows].clone(), conv.bias.detach()[rows].clone()))
+
+    def train_mode(self, model: SegModel) -> None:
+        model.eval()  # BatchNorm statistics and dropout as the parent had them
+
+    @torch.no_grad()
+    def after_step(self, model: SegModel) -> None:
+        for conv, weight, bias in self._kept:
+            conv.weight[1 : self.old_classes] = weight.to(conv.weight.device)
+            conv.bias[1 : self.old_classes] = bias.to(conv.bias.device)
+
+
 class FreezeEncoder(Piece):
     """E_F: the encoder keeps the previous model's weights; only the decoder learns.
 
@@ -166,6 +315,23 @@ class Method:
     def needs_teacher(self) -> bool:
         return any(p.needs_teacher for p in self.pieces)
 
+    @property
+    def needs_calibration(self) -> bool:
+        return any(p.needs_calibration for p in self.pieces)
+
+    @torch.no_grad()
+    def calibrate(self, teacher: SegModel, batches: Iterable[tuple[Tensor, Tensor]]) -> None:
+        """One pass of the frozen teacher over the step's (images, labels) batches, shown to the
+        pieces that ask."""
+        pieces = [p for p in self.pieces if p.needs_calibration]
+        teacher.eval()
+        for images, labels in batches:
+            out = teacher(images)
+            for piece in pieces:
+                piece.observe(out, labels)
+        for piece in pieces:
+            piece.end_calibration()
+
     def setup(self, model: SegModel, teacher: SegModel | None) -> None:
         """Check the models fit the method, then let each piece prepare the model."""
         if self.needs_teacher:
@@ -189,6 +355,14 @@ class Method:
     def train_mode(self, model: SegModel) -> None:
         for piece in self.pieces:
             piece.train_mode(model)
+
+    def after_step(self, model: SegModel) -> None:
+        for piece in self.pieces:
+            piece.after_step(model)
+
+    def set_class_weights(self, weights: Tensor) -> None:
+        for piece in self.pieces:
+            piece.set_class_weights(weights)
 
     def loss(self, out: SegOutput, teacher_out: SegOutput | None, labels: Tensor) -> dict[str, Tensor]:
         """{term name: weighted scalar, ..., "loss": their sum}."""
@@ -223,18 +397,26 @@ def build_method(name: str, num_old_classes: int, *, ld_form: str | None = None,
         # Step 0: no previous model, nothing to distil or freeze.
         return Method(name, 0, (CrossEntropy(),))
     pieces = _pieces(name, num_old_classes, given, ld_form or DEFAULT_LD_FORM)
-    return Method(name, num_old_classes, pieces, "mib" if name == "mib" else "random")
+    return Method(name, num_old_classes, pieces, "mib" if name in MIB_INIT_METHODS else "random")
 
 
 _WEIGHTS_USED: dict[str, Sequence[str]] = {
     "ft": (), "joint": (), "ef": (), "ld": ("lambda_d",), "ef+ld": ("lambda_d",),
     "le": ("lambda_e",), "ld+le": ("lambda_d", "lambda_e"), "mib": ("lambda_u",),
+    "plop": ("lambda_pod",), "frozen-old": (),
 }
+# Methods whose new classifier rows start as MiB's (background's row, shared probability).
+MIB_INIT_METHODS = ("mib", "plop", "frozen-old")
 
 
 def _pieces(name: str, num_old_classes: int, weights: dict[str, float], ld_form: str) -> tuple[Piece, ...]:
     if name == "mib":
         return (UnbiasedCrossEntropy(num_old_classes), UnbiasedDistillation(weights.get("lambda_u", DEFAULT_LAMBDA_U)))
+    if name == "plop":
+        return (PseudoLabelCrossEntropy(num_old_classes),
+                LocalPOD(num_old_classes, weights.get("lambda_pod", DEFAULT_LAMBDA_POD)))
+    if name == "frozen-old":
+        return (FreezeOld(num_old_classes), PseudoLabelBinaryCrossEntropy(num_old_classes))
     pieces: list[Piece] = [CrossEntropy()]
     if name in ("ef", "ef+ld"):
         pieces.append(FreezeEncoder())

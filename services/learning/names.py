@@ -15,7 +15,7 @@ DEFAULT_ARCHITECTURE = "deeplabv3_resnet101"
 # What `strata experiment` and the benchmarks default to: small enough to train on a CPU.
 SMALL_ARCHITECTURE = "lraspp_mobilenet_v3_large"
 
-METHODS: tuple[str, ...] = ("ft", "joint", "ld", "le", "ef", "ef+ld", "ld+le", "mib")
+METHODS: tuple[str, ...] = ("ft", "joint", "ld", "le", "ef", "ef+ld", "ld+le", "mib", "plop", "frozen-old")
 # What a service task may ask for: "joint" needs every earlier step's images, which the service
 # by design does not keep; it is an upper bound for experiments only.
 SERVICE_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "joint")

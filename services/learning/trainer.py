@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from services.labels import IGNORE_INDEX
+from services.learning import balance, batchnorm
 from services.learning.checkpoint import (
     LoadedModel,
     capture_rng_state,
@@ -119,14 +120,27 @@ def train(
 
     run_facts = {"arch": model.arch, "num_classes": model.num_classes, "class_map": class_map,
                  "method": method.name, "num_images": n_images, "steps_per_epoch": steps}
+    if config.class_balance > 0:
+        _seed_everything(config.seed)  # the pass draws augmentations: seeded, like the calibration
+        masks = (labels for _, labels in _loader(dataset, batch_size, config, config.epochs + 2, device))
+        weights = balance.class_weights(balance.pixel_frequencies(masks, model.num_classes), config.class_balance)
+        log.info("class weights %s", [round(w, 2) for w in weights.tolist()])
+        method.set_class_weights(weights.to(device))
+    if teacher is not None and method.needs_calibration:
+        # Seeded, before the RNG is seeded (or restored) for training: a resumed run computes the
+        # same calibration and then continues with the same random draws.
+        _seed_everything(config.seed)
+        loader = _loader(dataset, batch_size, config, config.epochs + 1, device)
+        batches = ((images, labels.to(device)) for images, labels in _images(loader, device, memory_format))
+        method.calibrate(teacher, batches)
     start_epoch = _resume(checkpoint_dir, run_facts, config, model, optimizer, scheduler, scaler)
     if start_epoch == 0:
         _seed_everything(config.seed)
+    freeze_bn = config.batchnorm == "frozen" and method.num_old_classes > 0
 
     for epoch in range(start_epoch, config.epochs):
         loader = _loader(dataset, batch_size, config, epoch, device)
-        model.train()
-        method.train_mode(model)
+        _train_mode(model, method, freeze_bn)
         reports = _Reporter(on_progress, epoch, config, steps, batch_size)
         for step, (images, labels) in enumerate(loader):
             if should_cancel is not None and should_cancel():
@@ -149,6 +163,11 @@ def train(
             if on_checkpoint is not None:
                 on_checkpoint(saved)  # e.g. copy it off the machine, so any worker can resume
         log.info("epoch %d/%d done", epoch + 1, config.epochs)
+    if config.batchnorm != "update" and not freeze_bn:
+        # Precise BN: the statistics of the trained weights (see services.learning.batchnorm).
+        _train_mode(model, method, freeze_bn)
+        loader = _loader(dataset, batch_size, config, config.epochs, device)
+        batchnorm.recalibrate(model, (images for images, _ in _images(loader, device, memory_format)), device=device)
     model.eval()
     return model
 
@@ -175,7 +194,8 @@ def train_step(
                 frozen = teacher(images)
             # Inference tensors cannot be saved for backward (the losses need them): clone them
             # into ordinary tensors outside inference mode.
-            teacher_out = SegOutput(frozen.logits.clone(), frozen.features.clone())
+            teacher_out = SegOutput(frozen.logits.clone(), frozen.features.clone(),
+                                    tuple(t.clone() for t in frozen.stages))
         out = model(images)
         terms = method.loss(out, teacher_out, labels)
     optimizer.zero_grad(set_to_none=True)
@@ -183,6 +203,7 @@ def train_step(
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
+    method.after_step(model)
     return {k: v.detach() for k, v in terms.items()}
 
 
@@ -259,6 +280,21 @@ def _resume(
     restore_rng_state(state["rng"])
     log.info("resuming from %s after epoch %d/%d", where, state["epoch"], config.epochs)
     return int(state["epoch"])
+
+
+def _train_mode(model: SegModel, method: Method, freeze_bn: bool) -> None:
+    """Training mode as the method and the BatchNorm policy want it."""
+    model.train()
+    method.train_mode(model)
+    if freeze_bn:
+        batchnorm.freeze_statistics(model)
+
+
+def _images(loader: DataLoader, device: torch.device,
+            memory_format: torch.memory_format) -> Iterator[tuple[Tensor, Tensor]]:
+    """The (images, labels) batches of ``loader``, images on the device in the model's layout."""
+    for images, labels in loader:
+        yield images.to(device, non_blocking=True, memory_format=memory_format), labels
 
 
 def _seed_everything(seed: int) -> None:

@@ -80,10 +80,13 @@ class SegOutput(NamedTuple):
 
     logits:   [N, C, H, W], upsampled bilinearly to the input's H x W.
     features: [N, F, h, w], the encoder's last feature map (before the decoder/ASPP).
+    stages:   the output of each encoder stage, shallow to deep ([N, F_i, h_i, w_i]; the last is
+              ``features``), for multi-scale feature distillation (PLOP's Local POD).
     """
 
     logits: Tensor
     features: Tensor
+    stages: tuple[Tensor, ...] = ()
 
 
 class SegModel(nn.Module):
@@ -103,14 +106,23 @@ class SegModel(nn.Module):
         self._feature_key = ARCH_SPECS[arch].feature_key
         # LR-ASPP's head reads two backbone outputs (a dict); DeepLab's and FCN's read "out".
         self._head_takes_dict = arch.startswith("lraspp")
+        # Stage outputs are caught by forward hooks: the backbone runs every block anyway.
+        self._stages: list[Tensor] = []
+        for block in stage_blocks(backbone):
+            block.register_forward_hook(self._keep_stage)
+
+    def _keep_stage(self, module: nn.Module, args: object, output: Tensor) -> None:
+        self._stages.append(output)
 
     def forward(self, x: Tensor) -> SegOutput:
-        """x [N, 3, H, W] -> SegOutput(logits [N, C, H, W], features [N, F, h, w])."""
+        """x [N, 3, H, W] -> SegOutput(logits [N, C, H, W], features [N, F, h, w], stages)."""
+        self._stages = []
         feats = self.backbone(x)
+        stages, self._stages = tuple(self._stages), []  # hold no tensor after the call
         head_in = feats if self._head_takes_dict else feats["out"]
         logits = self.classifier(head_in)
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return SegOutput(logits=logits, features=feats[self._feature_key])
+        return SegOutput(logits=logits, features=feats[self._feature_key], stages=stages)
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.backbone.parameters()
@@ -120,6 +132,20 @@ class SegModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"arch={self.arch!r}, num_classes={self.num_classes}"
+
+
+def stage_blocks(backbone: nn.Module) -> list[nn.Module]:
+    """The last block of each encoder stage (where the resolution is about to drop, and the end).
+
+    ResNets: layer1..layer4. MobileNetV3: the block before each strided block (torchvision marks
+    those ``_is_cn``) and the last block; the first conv (stride 2, 16 channels) is left out.
+    """
+    names = [n for n, _ in backbone.named_children()]
+    if "layer4" in names:
+        return [getattr(backbone, f"layer{i}") for i in range(1, 5)]
+    blocks = list(backbone.children())
+    ends = [i - 1 for i, b in enumerate(blocks) if getattr(b, "_is_cn", False) and i > 1]
+    return [blocks[i] for i in ends] + [blocks[-1]]
 
 
 def build_model(

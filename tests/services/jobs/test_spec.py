@@ -67,3 +67,16 @@ def test_a_row_written_under_earlier_rules_still_loads() -> None:
     assert spec.method == "joint" and spec.classes == ["bicycle"]
     with pytest.raises(UploadRejected, match="unknown method 'joint'"):
         parse_spec('{"classes": ["bicycle"], "method": "joint"}')
+
+
+def test_new_methods_and_engine_settings_reach_the_step() -> None:
+    spec = ResolvedSpec.model_validate({**OLD_ROW, "method": "plop", "hyperparameters": {
+        "lambda_pod": 0.02, "batchnorm": "frozen", "class_balance": 0.5}})
+    step = spec.step_config(first=False, step_index=1, train={})
+    assert step.method == "plop" and step.loss_weights == {"lambda_pod": 0.02}
+    assert (step.train.batchnorm, step.train.class_balance) == ("frozen", 0.5)
+    assert ResolvedSpec.model_validate({**OLD_ROW, "method": "frozen-old"}).method == "frozen-old"
+    with pytest.raises(UploadRejected, match="hyperparameters.batchnorm"):
+        parse_spec('{"classes": ["cat"], "hyperparameters": {"batchnorm": "sometimes"}}')
+    with pytest.raises(UploadRejected, match="hyperparameters.class_balance"):
+        parse_spec('{"classes": ["cat"], "hyperparameters": {"class_balance": 2}}')

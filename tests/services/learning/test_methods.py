@@ -12,13 +12,19 @@ from services.learning.methods import (
     CrossEntropy,
     FeatureDistillation,
     FreezeEncoder,
+    FreezeOld,
+    LocalPOD,
     OutputDistillation,
+    PseudoLabelBinaryCrossEntropy,
+    PseudoLabelCrossEntropy,
     UnbiasedCrossEntropy,
     UnbiasedDistillation,
     build_method,
 )
+from services.learning.config import TrainConfig
+from services.learning.trainer import train
 from services.learning.zoo import SegOutput, build_model
-from tests.services.learning.tiny import TINY_ARCH
+from tests.services.learning.tiny import TINY_ARCH, RandomSegDataset, class_map
 
 EXPECTED = {
     "ft": ([CrossEntropy], False),
@@ -29,6 +35,8 @@ EXPECTED = {
     "ef+ld": ([CrossEntropy, FreezeEncoder, OutputDistillation], True),
     "ld+le": ([CrossEntropy, OutputDistillation, FeatureDistillation], True),
     "mib": ([UnbiasedCrossEntropy, UnbiasedDistillation], True),
+    "plop": ([PseudoLabelCrossEntropy, LocalPOD], True),
+    "frozen-old": ([FreezeOld, PseudoLabelBinaryCrossEntropy], True),
 }
 
 
@@ -38,7 +46,7 @@ def test_each_method_has_its_pieces(name: str) -> None:
     kinds, needs_teacher = EXPECTED[name]
     assert [type(p) for p in method.pieces] == kinds
     assert method.needs_teacher is needs_teacher
-    assert method.classifier_init == ("mib" if name == "mib" else "random")
+    assert method.classifier_init == ("mib" if name in ("mib", "plop", "frozen-old") else "random")
 
 
 def test_defaults_are_the_authors_weights() -> None:
@@ -116,3 +124,56 @@ def test_freeze_encoder_freezes_weights_and_batchnorm_statistics() -> None:
     assert all(p.requires_grad for p in student.decoder_parameters())
     assert not any(m.training for m in student.backbone.modules())
     assert student.classifier.training
+
+
+def _tiny_step(name: str) -> tuple:
+    torch.manual_seed(0)
+    teacher = build_model(TINY_ARCH, 3)
+    student = grow_classifier(teacher, 2, init="mib", generator=torch.Generator().manual_seed(0))
+    return teacher, student, build_method(name, 3)
+
+
+def test_frozen_old_trains_only_the_background_and_new_classifier_rows() -> None:
+    teacher, student, method = _tiny_step("frozen-old")
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    config = TrainConfig(epochs=2, batch_size=2, device="cpu")
+    train(student, method, RandomSegDataset(4, 5), config, teacher=teacher, class_map=class_map(5))
+    changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    convs = {f"classifier.{c}.{p}" for c in ("low_classifier", "high_classifier") for p in ("weight", "bias")}
+    assert changed == convs  # no encoder, decoder or BatchNorm statistic moved
+    for key in convs:
+        old_rows, now = before[key][1:3], student.state_dict()[key]
+        assert torch.equal(now[1:3], old_rows), f"{key}: an old class's row moved"
+        assert not torch.equal(now[0], before[key][0]) and not torch.equal(now[3:], before[key][3:])
+
+
+def test_pseudo_labels_need_a_calibration_from_background_pixels() -> None:
+    teacher, student, method = _tiny_step("plop")
+    ce = method.pieces[0]
+    assert isinstance(ce, PseudoLabelCrossEntropy) and method.needs_calibration
+    images = torch.randn(2, 3, 32, 32)
+    labels = torch.zeros(2, 32, 32, dtype=torch.long)
+    with torch.no_grad():
+        out = teacher.eval()(images)  # calibration runs the teacher in eval mode
+    with pytest.raises(RuntimeError, match="needs a calibration pass"):
+        ce.loss(out, out, labels)
+    # Only background pixels count: with none, every threshold is the floor.
+    method.calibrate(teacher, [(images, torch.full_like(labels, 3))])
+    assert torch.equal(ce.thresholds, torch.full((3,), 0.001))
+    method.calibrate(teacher, [(images, labels)])
+    entropy = losses.normalized_entropy(out.logits)[:, ::4, ::4].flatten()
+    predicted = out.logits.argmax(1)[:, ::4, ::4].flatten()
+    assert torch.equal(ce.thresholds, losses.entropy_thresholds(entropy, predicted, 3))
+    terms = ce.loss(student(images), out, labels)
+    assert set(terms) == {"plce"} and torch.isfinite(terms["plce"])
+
+
+def test_local_pod_grows_with_the_share_of_old_classes() -> None:
+    teacher, student, method = _tiny_step("plop")
+    pod = method.pieces[1]
+    method.setup(student, teacher)
+    assert isinstance(pod, LocalPOD) and pod.factor == pytest.approx((5 / 2) ** 0.5)  # PLOP: sqrt(C / C_new)
+    with torch.no_grad():
+        out = teacher(torch.randn(2, 3, 32, 32))
+    assert pod.loss(out, out, torch.zeros(2, 32, 32, dtype=torch.long))["pod"].item() == 0.0
+    assert build_method("plop", 3, lambda_pod=0.5).pieces[1].lambda_pod == 0.5
