@@ -41,14 +41,14 @@ class ScenarioError(InvalidInput):
 def parse_scenario(scenario: str, num_foreground: int) -> list[int]:
     """Classes added per step (background excluded) for a dataset of ``num_foreground`` classes.
 
-    "8-3" -> [8, 3]; "15-5s" -> [15, 1, 1, 1, 1, 1]; "15-1" on 20 classes -> [15, 1, 1, 1, 1, 1]
+    "20" -> [20] (one step, every class: a model trained on all); "8-3" -> [8, 3]; "15-5s" -> [15, 1, 1, 1, 1, 1]; "15-1" on 20 classes -> [15, 1, 1, 1, 1, 1]
     (a two-number scenario whose second number divides the rest repeats it); "10-2-2-2" must add
     up to ``num_foreground`` exactly.
     """
     text = scenario.strip()
-    m = re.fullmatch(r"(\d+)((?:-\d+)+)(s?)", text)
+    m = re.fullmatch(r"(\d+)((?:-\d+)*)(s?)", text)
     if m is None:
-        raise ScenarioError(f"scenario {scenario!r} is not of the form '15-5', '15-1', '15-5s' or '10-2-2-2'")
+        raise ScenarioError(f"scenario {scenario!r} is not of the form '20', '15-5', '15-1', '15-5s' or '10-2-2-2'")
     counts = [int(m.group(1))] + [int(x) for x in m.group(2).split("-")[1:]]
     if any(c < 1 for c in counts):
         raise ScenarioError(f"scenario {scenario!r}: every step must add at least one class")

@@ -9,7 +9,7 @@ from typing import Any
 
 from services.data.protocols import OLD_LABELS, PROTOCOLS
 from services.errors import InvalidInput
-from services.learning.config import StepConfig, TrainConfig
+from services.learning.config import BATCHNORM_POLICIES, StepConfig, TrainConfig
 from services.learning.names import ARCHITECTURES, METHODS, SMALL_ARCHITECTURE
 
 EXPERIMENT_IMAGE_SIZE = 256  # smaller than the service's crop: experiments run on CPUs too
@@ -35,6 +35,7 @@ class ExperimentConfig:
     old_labels: str = "drop"
     model: str = SMALL_ARCHITECTURE
     image_size: int = EXPERIMENT_IMAGE_SIZE
+    crop_size: int | None = None  # square training crops; default image_size
     epochs: int = TrainConfig.epochs
     base_epochs: int | None = None
     batch_size: int = TrainConfig.batch_size
@@ -49,7 +50,9 @@ class ExperimentConfig:
     num_workers: int = TrainConfig.num_workers
     train_split: str = "train"
     val_split: str = "val"
-    method_weights: dict[str, float | str] = field(default_factory=dict)  # lambda_d/_e/_u, ld_form
+    method_weights: dict[str, float | str] = field(default_factory=dict)  # lambda_d/_e/_u/_pod, ld_form
+    batchnorm: str = TrainConfig.batchnorm
+    class_balance: float = TrainConfig.class_balance
 
     def __post_init__(self) -> None:
         checks = [
@@ -58,12 +61,15 @@ class ExperimentConfig:
             ("old_labels", self.old_labels in OLD_LABELS, f"one of {', '.join(OLD_LABELS)}"),
             ("model", self.model in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}"),
             ("image_size", _int_at_least(self.image_size, 8), "an int >= 8"),
+            ("crop_size", self.crop_size is None or _int_at_least(self.crop_size, 8), "an int >= 8"),
             ("epochs", _int_at_least(self.epochs, 1), "an int >= 1"),
             ("base_epochs", self.base_epochs is None or _int_at_least(self.base_epochs, 1), "an int >= 1"),
             ("batch_size", _int_at_least(self.batch_size, 1), "an int >= 1"),
             ("lr", _positive(self.lr), "a finite number > 0"),
             ("base_lr", self.base_lr is None or _positive(self.base_lr), "a finite number > 0"),
             ("limit_images", self.limit_images is None or _int_at_least(self.limit_images, 1), "an int >= 1"),
+            ("batchnorm", self.batchnorm in BATCHNORM_POLICIES, f"one of {', '.join(BATCHNORM_POLICIES)}"),
+            ("class_balance", _number_in(self.class_balance, 0, 1), "a number in [0, 1]"),
         ]
         for name, ok, what in checks:
             if not ok:
@@ -76,6 +82,11 @@ class ExperimentConfig:
             build_method(self.method, 1, **self.method_weights)
         except (TypeError, ValueError) as err:
             raise ExperimentError(str(err)) from None
+
+    @property
+    def train_crop(self) -> int:
+        """The side of the square training crops."""
+        return self.crop_size or self.image_size
 
     @property
     def first_epochs(self) -> int:
@@ -91,7 +102,8 @@ class ExperimentConfig:
         """The training run of a step: from scratch (step 0, joint) or incremental."""
         epochs, lr = (self.first_epochs, self.first_lr) if from_scratch else (self.epochs, self.lr)
         return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=lr, seed=self.seed, device=self.device,
-                           num_workers=self.num_workers)
+                           num_workers=self.num_workers, batchnorm=self.batchnorm,
+                           class_balance=self.class_balance)
 
     def step_config(self, step_index: int) -> StepConfig:
         """How step ``step_index`` trains (joint: a new network on the union, every time)."""
@@ -106,6 +118,10 @@ class ExperimentConfig:
 
 def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
+
+
+def _number_in(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
 def _int_at_least(value: Any, low: int) -> bool:

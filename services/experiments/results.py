@@ -64,6 +64,7 @@ def result_record(config: ExperimentConfig, steps: list[dict[str, Any]]) -> dict
         "model": config.model,
         "data": str(config.data),
         "image_size": config.image_size,
+        "crop_size": config.train_crop,
         "epochs": config.epochs,
         "base_epochs": config.first_epochs,
         "batch_size": config.batch_size,
@@ -72,6 +73,8 @@ def result_record(config: ExperimentConfig, steps: list[dict[str, Any]]) -> dict
         "seed": config.seed,
         "pretrained": config.pretrained or config.backbone_weights is not None,
         "method_weights": dict(config.method_weights),  # loss weights and ld_form given (else defaults)
+        "batchnorm": config.batchnorm,
+        "class_balance": config.class_balance,
         "steps": steps,
     }
 

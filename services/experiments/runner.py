@@ -11,8 +11,9 @@ The step-0 model depends only on the data, the first step and the training setti
 method, so it is cached on disk under a key of that full configuration: comparing methods on
 one scenario trains the base once.
 
-Scores are computed at the evaluation size (images resized by ``eval_preprocess``, masks by
-NEAREST), not at each image's original resolution, so that validation batches have one shape.
+Scores are computed at each label's own resolution: the whole image, its shorter side resized to
+``image_size`` by ``eval_preprocess`` (aspect ratio kept), is predicted and its logits upsampled
+to the mask's size before the argmax (``evaluation.evaluate``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from services.learning.step import EvalSet, StepHooks, run_step, score_model
 from services.learning.trainer import Progress
 from services.learning.zoo import SegModel
 
-BASE_CACHE_VERSION = 1
+BASE_CACHE_VERSION = 2  # 2: aspect-kept geometry, BatchNorm policy
 
 Log = Callable[[str], None]
 
@@ -102,13 +103,15 @@ def train_and_score(
     from_scratch = k == 0 or config.method == "joint"
     if not from_scratch and previous is None:
         raise ExperimentError(f"step {k} needs the model of step {k - 1}")
-    cached = _base_cache_path(config, train_src, step) if k == 0 else None
+    data = joint_step(steps, k) if config.method == "joint" else step
+    # Every from-scratch model (step 0, each joint step) depends only on its data and settings:
+    # cached, it is trained once for all methods and scenarios that share it.
+    cached = _base_cache_path(config, train_src, data) if from_scratch else None
     if cached is not None and cached[0].is_file():
-        log(f"step 0: cached base model {cached[0]}")
+        log(f"step {k}: cached from-scratch model {cached[0]}")
         model = load_model(cached[0]).model
         scored = score_model(model, [evaluation], config.step_config(0), progress=progress)[0]
-        return model, scored, TrainSummary(len(step.train_indices), cached=True)
-    data = joint_step(steps, k) if config.method == "joint" else step
+        return model, scored, TrainSummary(len(data.train_indices), cached=True)
     dataset = _train_dataset(config, train_src, data)
     class_map = {c: train_src.class_names[c] for c in step.classes}
     summary = TrainSummary(len(dataset))
@@ -145,6 +148,7 @@ def base_cache_key(config: ExperimentConfig, train_src: SegmentationSource, step
         "model": config.model,
         "image_size": config.image_size,
         "scale": list(_train_transform(config).scale),
+        "crop": list(_train_transform(config).crop),
         "pretrained": config.pretrained,
         "backbone_weights": weights,
         "train_config": {k: getattr(train, k) for k in RESUME_FIELDS},  # those that change the weights
@@ -162,7 +166,8 @@ def _base_cache_path(config: ExperimentConfig, train_src: SegmentationSource, st
 
 
 def _eval_set(config: ExperimentConfig, val_src: SegmentationSource, step: Step) -> EvalSet:
-    """The whole validation split, unseen classes void, seen classes scored."""
+    """The whole validation split, unseen classes void, seen classes scored: images with their
+    shorter side at ``image_size``, masks at their own resolution."""
     dataset = SegmentationDataset(val_src, None, step.eval_lut, EvalTransform(config.image_size))
     return EvalSet(dataset, step.old_classes, step.new_classes, batch_size=config.batch_size)
 
@@ -173,8 +178,9 @@ def _train_dataset(config: ExperimentConfig, source: SegmentationSource, step: S
 
 
 def _train_transform(config: ExperimentConfig) -> TrainTransform:
-    """The augmentation of every training run: the engine's, at the experiment's size."""
-    return TrainTransform(config.image_size)
+    """The augmentation of every training run: the engine's, shorter side at the experiment's
+    ``image_size`` (times the random scale), square crops of ``crop_size``."""
+    return TrainTransform(config.image_size, crop=config.train_crop)
 
 
 class _ProgressBar:

@@ -26,6 +26,7 @@ from services.data.transforms import EvalTransform
         ("10-2", 20, [10, 2, 2, 2, 2, 2]),
         ("10-2-2-2", 16, [10, 2, 2, 2]),
         (" 2-1 ", 3, [2, 1]),
+        ("11", 11, [11]),  # one step with every class: a model trained on all of them
     ],
 )
 def test_parse_scenario(scenario: str, n: int, expected: list[int]) -> None:
@@ -40,7 +41,8 @@ def test_parse_scenario(scenario: str, n: int, expected: list[int]) -> None:
         ("10-2-2-2", 20, "covers 16 classes .* 20 classes besides background"),
         ("15-5s", 21, "covers 20 classes"),
         ("0-11", 11, "at least one class"),
-        ("8", 11, "not of the form"),
+        ("8", 11, "covers 8 classes"),
+        ("8-", 11, "not of the form"),
         ("8+3", 11, "not of the form"),
         ("10-2-2s", 16, "exactly two numbers"),
     ],

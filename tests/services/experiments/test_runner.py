@@ -83,7 +83,7 @@ def test_distillation_keeps_old_classes_that_fine_tuning_forgets(shapes: Path, t
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "step 0: cached base model" in printed  # the identical base was not retrained
+    assert "step 0: cached from-scratch model" in printed  # the identical base was not retrained
     assert "per-class IoU %" in printed and "triangle" in printed
     ld = json.loads(out.read_text())
 
