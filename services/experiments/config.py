@@ -101,9 +101,11 @@ class ExperimentConfig:
     def train_config(self, *, from_scratch: bool) -> TrainConfig:
         """The training run of a step: from scratch (step 0, joint) or incremental."""
         epochs, lr = (self.first_epochs, self.first_lr) if from_scratch else (self.epochs, self.lr)
+        # "frozen" keeps a parent's statistics: a model trained from scratch has none and
+        # recalibrates (as the trainer does), so it is the same model, cached under the same key.
+        batchnorm = "recalibrate" if from_scratch and self.batchnorm == "frozen" else self.batchnorm
         return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=lr, seed=self.seed, device=self.device,
-                           num_workers=self.num_workers, batchnorm=self.batchnorm,
-                           class_balance=self.class_balance)
+                           num_workers=self.num_workers, batchnorm=batchnorm, class_balance=self.class_balance)
 
     def step_config(self, step_index: int) -> StepConfig:
         """How step ``step_index`` trains (joint: a new network on the union, every time)."""

@@ -136,6 +136,10 @@ def test_base_cache_key_follows_the_configuration(shapes: Path, tmp_path: Path) 
     key = lambda **kw: base_cache_key(_config(shapes, tmp_path, "ft", **kw), src, step)[0]  # noqa: E731
     assert key() == key(method="ld", epochs=3, lr=0.001)  # incremental-step settings do not matter
     assert len({key(), key(seed=1), key(base_epochs=2), key(image_size=32), key(base_lr=0.1)}) == 5
+    # What changes a from-scratch model changes the key: the crop, the class weights, BatchNorm's policy...
+    assert len({key(), key(crop_size=24), key(class_balance=0.5), key(batchnorm="update")}) == 4
+    # ...but "frozen" (a parent's statistics) is "recalibrate" for a model without a parent.
+    assert key(batchnorm="frozen") == key()
 
 
 @pytest.mark.parametrize(
