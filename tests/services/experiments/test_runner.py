@@ -30,6 +30,7 @@ from services.data.synthetic import write_shapes_dataset
 from services.experiments.config import ExperimentConfig, ExperimentError
 from services.experiments.results import format_table
 from services.experiments.runner import base_cache_key, run_experiment
+from services.learning.names import DEFAULT_METHOD
 
 # 40 training images: 24 show only old shapes (step 0), 16 show a triangle next to old shapes (step 1).
 TRAIN_COMPOSITIONS = [[1], [2], [1, 2], [3, 1], [1], [2], [1, 2], [3, 2], [3, 1, 2], [3]]
@@ -137,7 +138,7 @@ def test_base_cache_key_follows_the_configuration(shapes: Path, tmp_path: Path) 
     assert key() == key(method="ld", epochs=3, lr=0.001)  # incremental-step settings do not matter
     assert len({key(), key(seed=1), key(base_epochs=2), key(image_size=32), key(base_lr=0.1)}) == 5
     # What changes a from-scratch model changes the key: the crop, the class weights, BatchNorm's policy...
-    assert len({key(), key(crop_size=24), key(class_balance=0.5), key(batchnorm="update")}) == 4
+    assert len({key(), key(crop_size=24), key(class_balance=0.0), key(batchnorm="update")}) == 4
     # ...but "frozen" (a parent's statistics) is "recalibrate" for a model without a parent.
     assert key(batchnorm="frozen") == key()
 
@@ -184,3 +185,17 @@ def test_format_table() -> None:
     assert lines[3].split() == ["1", "25.0", "12.5", "20.0", "c"]
     assert lines[-2].split() == ["0", "-", "40.0", "60.0"]
     assert lines[-1].split() == ["1", "90.0", "10.0", "40.0", "12.5"]
+
+
+@pytest.mark.slow
+def test_the_default_method_keeps_old_classes_and_learns_the_new_one(shapes: Path, tmp_path: Path) -> None:
+    """The product's case on a small synthetic sequence: old classes are background in the new
+    step's masks (overlapped, dropped), and the default method must neither forget them nor
+    miss the new class."""
+    config = _config(shapes, tmp_path / "cache", DEFAULT_METHOD, protocol="overlapped")
+    result = run_experiment(config, log=lambda _: None, progress=False)
+    base, step = result["steps"]
+    assert base["miou_new"] > 0.5, f"the base model did not learn squares and discs: {base['iou']}"
+    for name in ("square", "disc"):
+        assert step["iou"][name] > 0.8 * base["iou"][name], f"{DEFAULT_METHOD} forgot {name}: {step['iou']}"
+    assert step["iou"]["triangle"] > 0.3, f"{DEFAULT_METHOD} did not learn the triangle: {step['iou']}"
