@@ -45,7 +45,7 @@ from services.learning.methods import Method
 from services.learning.zoo import SegModel, SegOutput
 
 __all__ = [
-    "Progress", "TrainingCancelled", "train", "train_step", "resolve_device",
+    "Progress", "TrainingCancelled", "TrainingDiverged", "train", "train_step", "resolve_device",
     "autocast_dtype", "build_optimizer", "build_scheduler", "build_scaler", "save_model", "load_model",
     "LoadedModel",
 ]
@@ -69,6 +69,11 @@ class Progress:
 
 class TrainingCancelled(Exception):
     """``should_cancel`` said stop; the last epoch checkpoint (if any) can resume the run."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the weights are garbage from there on, so the run stops
+    instead of producing (and scoring, and maybe promoting) a broken model."""
 
 
 def train(
@@ -154,6 +159,9 @@ def train(
             lr = optimizer.param_groups[0]["lr"]
             terms = train_step(model, method, teacher, images, labels, optimizer, scheduler, scaler, amp_dtype)
             reports.after_step(step, terms, lr)
+        # Checked once an epoch (a device sync), before the epoch is checkpointed: a resumed run
+        # must not start from diverged weights. (An fp16 GradScaler skips non-finite steps itself.)
+        _check_finite(terms, epoch, config)
         if checkpoint_dir is not None:
             state = {**run_facts, "epoch": epoch + 1, "config": dataclasses.asdict(config),
                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -280,6 +288,15 @@ def _resume(
     restore_rng_state(state["rng"])
     log.info("resuming from %s after epoch %d/%d", where, state["epoch"], config.epochs)
     return int(state["epoch"])
+
+
+def _check_finite(terms: dict[str, Tensor], epoch: int, config: TrainConfig) -> None:
+    if not bool(torch.isfinite(terms["loss"])):
+        values = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch + 1}/{config.epochs}: the loss is no longer finite ({values}); "
+            f"lower the learning rate (lr {config.lr:g}) or check the data"
+        )
 
 
 def _train_mode(model: SegModel, method: Method, freeze_bn: bool) -> None:

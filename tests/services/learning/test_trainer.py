@@ -14,6 +14,7 @@ from services.learning.methods import build_method
 from services.learning.trainer import (
     Progress,
     TrainingCancelled,
+    TrainingDiverged,
     autocast_dtype,
     build_scaler,
     resolve_device,
@@ -175,3 +176,11 @@ def test_cpu_runs_in_float32() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_a_diverging_run_stops_with_a_clear_error(teacher_state, tmp_path: Path) -> None:
+    # A learning rate far too large sends the loss to inf/NaN within the first epoch.
+    config = TrainConfig(epochs=2, batch_size=2, lr=1e30, device="cpu")
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 1/2: the loss is no longer finite .*lower the lea"):
+        run(teacher_state, "ft", config=config, checkpoint_dir=tmp_path)
+    assert load_training_state(tmp_path) is None  # no checkpoint of diverged weights to resume from
