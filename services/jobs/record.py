@@ -18,6 +18,7 @@ from services.jobs.context import JobContext
 from services.jobs.plan import StepPlan
 from services.learning.checkpoint import save_model
 from services.learning.classmap import channel_names
+from services.learning.config import RESUME_FIELDS
 from services.learning.zoo import SegModel
 from services.registry.versions import next_version_number, record_version
 from services.storage.cache import training_dir
@@ -53,8 +54,12 @@ def record_step(ctx: JobContext, plan: StepPlan, model: SegModel, scores: Mappin
 
 
 def _recorded_hyperparameters(plan: StepPlan) -> dict[str, Any]:
+    """The spec's fields, every training setting that changes the weights as the step used it
+    (the engine's defaults included: a later release may change them), and what the client set."""
     spec = plan.spec
-    return {**{k: getattr(spec, k) for k in RECORDED_SPEC_FIELDS}, **spec.hyperparameters.given()}
+    train = spec.step_config(first=plan.parent is None, step_index=plan.step_index, train={}).train
+    effective = {k: getattr(train, k) for k in RESUME_FIELDS}
+    return {**{k: getattr(spec, k) for k in RECORDED_SPEC_FIELDS}, **effective, **spec.hyperparameters.given()}
 
 
 def _record(session: Session, ctx: JobContext, plan: StepPlan, version: int, key: str, digest: str, size: int,

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from services.data.synthetic import write_shapes_dataset
+from services.learning.config import TrainConfig
 
 SMALL = {"model": "lraspp_mobilenet_v3_large", "image_size": 32, "batch_size": 4, "val_fraction": 0.25,
          "hyperparameters": {"lr": 0.05, "seed": 0, "pretrained_backbone": False}}
@@ -99,6 +100,10 @@ def test_two_steps_promotion_rollback_and_cancel(client, worker_process, admin_h
     assert done["status"] == "succeeded", done
     v2 = client.get(f"/models/{done['model_version']}", headers=h).json()
     assert v2["version"] == 2 and v2["parent"] == 1 and v2["method"] == "ld"
+    # The version states the settings it was trained with, the engine's defaults included.
+    assert v2["hyperparameters"]["lr"] == 0.02 and v2["hyperparameters"]["epochs"] == 2
+    assert (v2["hyperparameters"]["batchnorm"], v2["hyperparameters"]["class_balance"]) == (
+        TrainConfig.batchnorm, TrainConfig.class_balance)
     assert set(v2["iou"]) == {"background", "square", "disc", "triangle"}
     assert set(v2["forgetting"]) >= {"square", "disc"}
     classes = {c["name"]: c for c in client.get("/classes", headers=h).json()}
