@@ -12,7 +12,7 @@ $(PY):
 
 # Reinstall only when the dependency list changes. torch/torchvision are pinned in pyproject.toml.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,experiments]'
 	touch $@
 
 install: $(STAMP)

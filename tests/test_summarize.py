@@ -104,7 +104,7 @@ def test_empty_directory_fails(tmp_path, capsys):
 
 
 def test_plot_writes_a_png(results_dir, tmp_path, capsys):
-    pytest.importorskip("matplotlib")
+    # matplotlib is the optional `experiments` extra, which `make install` (and so CI) installs.
     png = tmp_path / "plot.png"
     assert summarize.main([str(results_dir), "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
