@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from services.learning import losses
+from services.learning.config import TrainConfig
 from services.learning.growth import grow_classifier
 from services.learning.methods import (
     METHODS,
@@ -21,7 +22,6 @@ from services.learning.methods import (
     UnbiasedDistillation,
     build_method,
 )
-from services.learning.config import TrainConfig
 from services.learning.trainer import train
 from services.learning.zoo import SegOutput, build_model
 from tests.services.learning.tiny import TINY_ARCH, RandomSegDataset, class_map
