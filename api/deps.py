@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.state import AppState
-from services.auth import authenticate, scopes_of
+from services.auth import ADMIN, INFER, READ_SCOPES, Caller, authenticate
 from services.config import Settings
-from services.db.models import ApiKey
+from services.db.models import Model
 from services.db.session import session_scope
+from services.registry.models import MODEL_NAME_PATTERN, ModelNotFound, get_model
 
 
 def get_state(request: Request) -> AppState:
@@ -46,6 +47,10 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _forbidden(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_403_FORBIDDEN, detail)
+
+
 def _bearer_token(request: Request) -> str:
     header = request.headers.get("authorization")
     if not header:
@@ -56,28 +61,65 @@ def _bearer_token(request: Request) -> str:
     return token.strip()
 
 
-def require_scopes(*any_of: str):
-    """A dependency admitting a valid, unrevoked key that has at least one of ``any_of``."""
+def require_scopes(*any_of: str, every_model: bool = False):
+    """A dependency admitting a valid, unrevoked key that has at least one of ``any_of`` (and, with
+    ``every_model``, is not limited to some models)."""
     needed = " or ".join(repr(s) for s in any_of)
 
     def dependency(request: Request, state: StateDep,
-                   _doc: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> ApiKey:
+                   _doc: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
         token = _bearer_token(request)
         # A session of its own, committed at once: last_used_at is written at most once a minute.
         with session_scope(state.sessions) as session:
             key = authenticate(session, token)
-        if key is None:
+            caller = Caller.of(key) if key is not None else None
+        if caller is None:
             raise _unauthorized("invalid or revoked API key")
-        if not set(scopes_of(key)) & set(any_of):
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                f"this needs a key with scope {needed}; key {key.prefix}... ({key.name!r}) has {scopes_of(key)}",
-            )
-        return key
+        if not caller.has_any(any_of):
+            raise _forbidden(f"this needs a key with scope {needed}; {caller.label} has {list(caller.scopes)}")
+        if every_model and caller.model_ids is not None:
+            raise _forbidden(f"this needs a key for every model; {caller.label} is limited to some models")
+        return caller
 
     return dependency
 
 
-AdminDep = Annotated[ApiKey, Depends(require_scopes("admin"))]
-InferDep = Annotated[ApiKey, Depends(require_scopes("infer"))]
-ReaderDep = Annotated[ApiKey, Depends(require_scopes("admin", "infer"))]
+def check_model_access(caller: Caller, model: Model) -> None:
+    """403 unless the key may use this model."""
+    if not caller.may_use(model.id):
+        raise _forbidden(f"{caller.label} is not allowed to use model {model.name!r}")
+
+
+AdminDep = Annotated[Caller, Depends(require_scopes(ADMIN))]
+GlobalAdminDep = Annotated[Caller, Depends(require_scopes(ADMIN, every_model=True))]
+ReaderDep = Annotated[Caller, Depends(require_scopes(*READ_SCOPES))]
+
+ModelName = Annotated[str, Path(description="The model's name.", max_length=64, pattern=f"^{MODEL_NAME_PATTERN}$")]
+
+
+def model_for(*any_of: str):
+    """A dependency resolving ``{name}`` to the model, for a key with one of ``any_of`` that may use it.
+
+    It reads in a short session of its own and returns the row detached, so a route that does not
+    need the database (segmentation) holds no transaction while it works."""
+
+    scoped = Depends(require_scopes(*any_of))
+
+    def dependency(name: ModelName, state: StateDep, caller: Caller = scoped) -> Model:
+        with state.sessions() as session:
+            try:
+                model = get_model(session, name)
+            except ModelNotFound:
+                if caller.model_ids is None:
+                    raise
+                # The usual message lists the models that exist: not for a key limited to some.
+                raise ModelNotFound(f"no model named {name!r} among those {caller.label} may use") from None
+        check_model_access(caller, model)
+        return model
+
+    return dependency
+
+
+ReadModelDep = Annotated[Model, Depends(model_for(*READ_SCOPES))]
+AdminModelDep = Annotated[Model, Depends(model_for(ADMIN))]
+InferModelDep = Annotated[Model, Depends(model_for(INFER))]

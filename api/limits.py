@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from fnmatch import fnmatchcase
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 class UploadLimitMiddleware:
     """Pure ASGI middleware: 413 for any HTTP request body over ``max_bytes``.
 
-    paths: only requests to these paths (default: all) — e.g. a tighter limit for /segment,
+    paths: only requests to paths matching these shell patterns (default: all) — e.g. a tighter
+    limit for /models/*/segment,
     whose form FastAPI parses before the auth dependency runs."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, setting: str = "STRATA_MAX_UPLOAD_BYTES",
@@ -27,7 +29,7 @@ class UploadLimitMiddleware:
         self.app, self.max_bytes, self.setting, self.paths = app, max_bytes, setting, paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self.paths is not None and scope["path"] not in self.paths):
+        if scope["type"] != "http" or (self.paths is not None and not _matches(scope["path"], self.paths)):
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
@@ -96,3 +98,7 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def _matches(path: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(path, p) for p in patterns)

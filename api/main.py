@@ -10,9 +10,29 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.limits import UploadLimitMiddleware
 from api.metrics import install_metrics
-from api.routes import classes, health, keys, models, segment, tasks, workers
+from api.routes import aliases, classes, health, keys, models, segment, tasks, versions, workers
 from api.state import AppState
 from services.config import Settings, get_settings
+
+DESCRIPTION = """\
+A deployment holds any number of **models**: named lineages, each with its own classes (indices
+unique within the model, 0 = background), its own versions 1, 2, ..., its own aliases
+(`production`, `latest`, and names you choose), its own promotion policy and its own queue of
+training steps. Everything about a model lives under `/models/{name}`; a task's id is global.
+
+Authenticate with `Authorization: Bearer <API key>`. Scopes: `admin`, `infer` (segmenting and
+reading), `read`. A key may be limited to some models.
+"""
+TAGS = [
+    {"name": "models", "description": "Named lineages: create, list, change the promotion policy, delete."},
+    {"name": "tasks", "description": "Training steps: upload a class set for a model, follow its progress, cancel."},
+    {"name": "versions", "description": "A model's trained versions: scores per class, forgetting, lineage, "
+                                        "promotion decision."},
+    {"name": "aliases", "description": "Movable names of a model's versions; moving `production` promotes or "
+                                       "rolls back."},
+    {"name": "classes", "description": "A model's classes: mask values, names and display colours."},
+    {"name": "inference", "description": "Segment an image with a model's production version or any other."},
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,8 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Strata",
         summary="Continual semantic segmentation: add classes to a deployed model without forgetting the old ones.",
-        version="0.1.0",
+        description=DESCRIPTION,
+        version="0.2.0",
         lifespan=lifespan,
+        openapi_tags=TAGS,
     )
     install_error_handlers(app)
     app.include_router(health.router)
@@ -40,12 +62,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_metrics(app)  # GET /metrics and the request-latency middleware
     app.include_router(keys.router)
     app.include_router(models.router)
+    app.include_router(tasks.model_router)
+    app.include_router(versions.router)
+    app.include_router(aliases.router)
     app.include_router(classes.router)
-    app.include_router(tasks.router)
     app.include_router(segment.router)
+    app.include_router(tasks.router)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_image_bytes,
-                       setting="STRATA_MAX_IMAGE_BYTES", paths=("/segment",))
+                       setting="STRATA_MAX_IMAGE_BYTES", paths=("/models/*/segment",))
     return app
 
 

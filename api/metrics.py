@@ -1,5 +1,6 @@
 """Prometheus metrics of one app: request latency, inference batch sizes, training durations and
-the production version, served at GET /metrics.
+the production versions, served at GET /metrics. Series about a model carry its name as the label
+``model`` (one series per model: bounded by the models an operator creates, never by requests).
 
 Each app gets its own ``CollectorRegistry`` (tests build many apps in one process; the global
 registry would refuse a second set of the same names). Series that other processes produce are
@@ -18,9 +19,11 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.registry.aliases import production_version
+from services.db.models import Model
+from services.registry.aliases import production_versions
 from services.registry.versions import training_durations
 
 log = logging.getLogger(__name__)
@@ -41,20 +44,20 @@ class ApiMetrics:
         )
         self.inference_batch_size = Histogram(
             "strata_inference_batch_size", "Images per forward pass of the dynamic inference batcher.",
-            buckets=BATCH_BUCKETS, registry=self.registry,
+            ["model"], buckets=BATCH_BUCKETS, registry=self.registry,
         )
         self.registry.register(RegistryCollector(state))
 
-    def observe_inference_batch(self, size: int) -> None:
-        """For the inference batcher: one call per forward pass with the number of images in it."""
-        self.inference_batch_size.observe(size)
+    def observe_inference_batch(self, model: str, size: int) -> None:
+        """For the inference batchers: one call per forward pass with the number of images in it."""
+        self.inference_batch_size.labels(model).observe(size)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class RegistryCollector(Collector):
-    """``strata_production_version`` and ``strata_training_duration_seconds``, read at scrape time.
+    """``strata_production_version`` and ``strata_training_duration_seconds`` per model, read at scrape time.
 
     ``state`` returns the app's ``AppState`` (None before startup: then these series are absent).
     """
@@ -71,23 +74,27 @@ class RegistryCollector(Collector):
             return
         try:
             with state.sessions() as session:
-                production = production_version(session)
+                models = dict(session.execute(select(Model.id, Model.name)).all())
+                production = production_versions(session)
                 durations = training_durations(session)
         except Exception:  # a scrape must not fail because the database is briefly unreachable
             log.warning("cannot read the registry for /metrics", exc_info=True)
             return
-        yield GaugeMetricFamily("strata_production_version",
-                                "The model version the production alias points at (0: none yet).",
-                                value=production or 0)
-        yield _histogram("strata_training_duration_seconds",
-                         "Wall time of the training tasks that produced a version (start to finish).",
-                         durations, TRAINING_BUCKETS)
-
-
-def _histogram(name: str, doc: str, values: list[float], bounds: tuple[float, ...]) -> HistogramMetricFamily:
-    """A histogram family from raw values: cumulative bucket counts and their sum."""
-    buckets = [(_bound(b), sum(v <= b for v in values)) for b in bounds]
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=sum(values))
+        gauge = GaugeMetricFamily("strata_production_version",
+                                  "The version each model's production alias points at (0: none yet).",
+                                  labels=["model"])
+        for model_id, name in sorted(models.items(), key=lambda kv: kv[1]):
+            gauge.add_metric([name], production.get(model_id, 0))
+        yield gauge
+        histogram = HistogramMetricFamily(
+            "strata_training_duration_seconds",
+            "Wall time of the training tasks that produced a version (start to finish), per model.",
+            labels=["model"])
+        for name in sorted(set(models.values())):
+            values = [seconds for model, seconds in durations if model == name]
+            buckets = [(_bound(b), sum(v <= b for v in values)) for b in TRAINING_BUCKETS]
+            histogram.add_metric([name], buckets, sum(values))
+        yield histogram
 
 
 def _bound(b: float) -> str:

@@ -26,8 +26,8 @@ class AppState:
     inference: InferenceService
 
     @classmethod
-    def open(cls, settings: Settings, on_inference_batch: Callable[[int], Any] | None = None) -> "AppState":
-        """on_inference_batch: called with the size of every inference batch (for metrics)."""
+    def open(cls, settings: Settings, on_inference_batch: Callable[[str, int], Any] | None = None) -> "AppState":
+        """on_inference_batch: called with the model's name and the size of every inference batch (for metrics)."""
         engine = make_engine(settings)
         sessions = make_session_factory(engine)
         store = open_store(settings)

@@ -47,6 +47,7 @@ from services.config import Settings, load_settings, settings_env  # noqa: E402
 from services.labels import IGNORE_INDEX  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"
+MODEL = "bench"  # the model the uploads go to
 Part = tuple[str, str, Path]  # (form field, filename, file on disk)
 
 
@@ -113,15 +114,15 @@ def bare_copy_hash(paths: list[Path], dst: Path) -> float:
 
 
 def post_task(client: httpx.Client, spec: dict, parts: list[Part]) -> tuple[float, int, str]:
-    """(seconds, body bytes, task id) of one POST /tasks; raises unless it answered 202. httpx
+    """(seconds, body bytes, task id) of one POST /models/{name}/tasks; raises unless it answered 202. httpx
     streams each open file in 64 KiB chunks, so the client never holds the upload in memory."""
     with ExitStack() as files:
         fields = [(f, (name, files.enter_context(path.open("rb")))) for f, name, path in parts]
         started = time.perf_counter()
-        r = client.post("/tasks", data={"spec": json.dumps(spec)}, files=fields)
+        r = client.post(f"/models/{MODEL}/tasks", data={"spec": json.dumps(spec)}, files=fields)
         elapsed = time.perf_counter() - started
     if r.status_code != 202:
-        raise RuntimeError(f"POST /tasks answered {r.status_code}: {r.text[:1000]}")
+        raise RuntimeError(f"POST /models/{MODEL}/tasks answered {r.status_code}: {r.text[:1000]}")
     return elapsed, int(r.request.headers["Content-Length"]), r.json()["id"]
 
 
@@ -177,6 +178,7 @@ def run(split: Path, mode: str, copies: int, repeats: int) -> dict:
                               headers={"Authorization": f"Bearer {key}"}) as client:
                 wait_healthy(client, proc, work / "api.log")
                 client.get("/readyz")
+                client.post("/models", json={"name": MODEL}).raise_for_status()
                 post_task(client, {"classes": [f"warm-up {n}" for n in names], "epochs": 1}, small)
                 result = measure(client, proc.pid, work / "bare", parts, names, repeats)
         finally:

@@ -1,9 +1,9 @@
-"""What serving costs: POST /segment against the bare model on the same image.
+"""What serving costs: POST /models/{name}/segment against the bare model on the same image.
 
 In one run this publishes a small model (``lraspp_mobilenet_v3_large`` from random initialisation,
-saved with ``save_model`` and recorded as version 1 in a temporary embedded data dir), serves the
-API with uvicorn in a subprocess on a free port, and measures:
-  (a) latency: /segment p50/p95 over N sequential requests against the bare forward on the same
+saved with ``save_model`` and recorded as version 1 of a model named "bench" in a temporary embedded
+data dir), serves the API with uvicorn in a subprocess on a free port, and measures:
+  (a) latency: segmenting p50/p95 over N sequential requests against the bare forward on the same
       decoded image (``eval_preprocess`` + ``predict_logits`` at the input's resolution + argmax,
       in this process): aim p50 <= 1.2x;
   (b) throughput: 16 concurrent clients (threads, one httpx client each) against the bare batched
@@ -52,17 +52,20 @@ from services.learning.checkpoint import load_model, save_model  # noqa: E402
 from services.learning.names import SMALL_ARCHITECTURE  # noqa: E402
 from services.learning.zoo import SegModel, build_model  # noqa: E402
 from services.registry.aliases import promote  # noqa: E402
+from services.registry.models import create_model  # noqa: E402
 from services.registry.versions import record_version  # noqa: E402
 from services.storage import open_store  # noqa: E402
 from services.storage.keys import checkpoint_key  # noqa: E402
 
 ARCH = SMALL_ARCHITECTURE
 CLASSES = {0: "background", 1: "road", 2: "car", 3: "person"}
+MODEL = "bench"
 
 
 # --- the published model ------------------------------------------------------------------------
 def publish_model(settings: Settings, image_size: int, workdir: Path) -> tuple[Path, str]:
-    """Save a random-init model, upload it and record it as production version 1 with an infer key.
+    """Save a random-init model, upload it and record it as production version 1 of model MODEL,
+    with an infer key.
 
     Returns (the local model file, the infer key).
     """
@@ -72,14 +75,18 @@ def publish_model(settings: Settings, image_size: int, workdir: Path) -> tuple[P
     model = build_model(ARCH, len(CLASSES))
     path = workdir / "model.pt"
     digest = save_model(path, model, CLASSES, {"bench": True})
-    key = checkpoint_key(1, digest)
-    info = open_store(settings).put_file(key, path)
     engine = make_engine(settings)
     try:
         with session_scope(make_session_factory(engine)) as s:
-            s.add(Task(id="bench", spec={"classes": [n for i, n in CLASSES.items() if i]}))
+            row = create_model(s, MODEL, "serving benchmark")
+            row.architecture = ARCH
+            key = checkpoint_key(row.id, 1, digest)
+            info = open_store(settings).put_file(key, path)
+            s.add(Task(id="bench", model_id=row.id, spec={"classes": [n for i, n in CLASSES.items() if i],
+                                                          "architecture": ARCH}))
             s.flush()
-            s.add_all(SemanticClass(id=i, name=n, task_id="bench" if i else None) for i, n in CLASSES.items())
+            s.add_all(SemanticClass(model_id=row.id, id=i, name=n, task_id="bench" if i else None)
+                      for i, n in CLASSES.items())
             s.flush()
             record_version(
                 s, task=s.get(Task, "bench"), parent_version=None, architecture=ARCH, method="ft",
@@ -87,8 +94,8 @@ def publish_model(settings: Settings, image_size: int, workdir: Path) -> tuple[P
                 checkpoint_sha256=digest, checkpoint_bytes=info.size, metrics={}, old_classes=[],
                 new_classes=sorted(CLASSES), version=1, settings=settings,
             )
-            promote(s, 1)
-            _, key = create_key(s, "bench", ["infer"])
+            promote(s, row.id, 1)
+            _, key = create_key(s, "bench", ["infer"], [row])
     finally:
         engine.dispose()
     return path, key
@@ -162,7 +169,7 @@ def wait_until_serving(base: str, proc: subprocess.Popen, log_path: Path, timeou
             raise RuntimeError(f"the API exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
             r = httpx.get(f"{base}/readyz", timeout=5)
-            if r.status_code == 200 and r.json()["checks"]["model"].startswith("serving"):
+            if r.status_code == 200 and r.json()["models"].get(MODEL, "").startswith("serving"):
                 return
         except httpx.HTTPError:
             pass
@@ -171,18 +178,18 @@ def wait_until_serving(base: str, proc: subprocess.Popen, log_path: Path, timeou
 
 
 def segment(client: httpx.Client, data: bytes) -> None:
-    r = client.post("/segment", files={"image": ("scene.jpg", data, "image/jpeg")})
+    r = client.post(f"/models/{MODEL}/segment", files={"image": ("scene.jpg", data, "image/jpeg")})
     if r.status_code != 200:
-        raise RuntimeError(f"/segment answered {r.status_code}: {r.text[:500]}")
+        raise RuntimeError(f"/models/{MODEL}/segment answered {r.status_code}: {r.text[:500]}")
 
 
 def batch_sizes(base: str) -> tuple[float, float]:
-    """(sum, count) of the strata_inference_batch_size histogram."""
+    """(sum, count) of the strata_inference_batch_size histogram of model MODEL."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
     values = {}
     for line in text.splitlines():
         for name in ("strata_inference_batch_size_sum", "strata_inference_batch_size_count"):
-            if line.startswith(name + " "):
+            if line.startswith(f'{name}{{model="{MODEL}"}} '):
                 values[name] = float(line.split()[-1])
     return values.get("strata_inference_batch_size_sum", 0.0), values.get("strata_inference_batch_size_count", 0.0)
 

@@ -10,6 +10,11 @@ happens in Python and there is no timing side channel worth closing.
 
 Keys are never logged: messages name a key by its id, name and ``prefix`` (the first characters,
 which identify a key without revealing enough of it to matter).
+
+Scopes: ``admin`` (tasks, aliases, models, keys), ``infer`` (segmentation, and reading), ``read``
+(reading only). A key works on every model, or on the models it is limited to: a key limited to
+some models can never reach another one, and only an admin key for every model manages keys and
+creates models (a limited admin could otherwise mint itself a wider key).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -26,10 +32,12 @@ from sqlalchemy.orm import Session
 
 from services.config import Settings
 from services.db.base import utcnow
-from services.db.models import ApiKey
+from services.db.models import ApiKey, Model
 from services.errors import Conflict, InvalidInput, NotFound
 
-SCOPES = ("admin", "infer")
+ADMIN, INFER, READ = "admin", "infer", "read"
+SCOPES = (ADMIN, INFER, READ)
+READ_SCOPES = SCOPES  # every scope may read what its models hold
 KEY_PREFIX = "strata_"
 PREFIX_RANDOM_CHARS = 5  # random characters kept in ``ApiKey.prefix``: 30 of 256 bits
 MIN_INJECTED_KEY_CHARS = 32
@@ -81,21 +89,58 @@ def scopes_of(key: ApiKey) -> list[str]:
     return key.scopes.split()
 
 
-def _insert(session: Session, name: str, scopes: Iterable[str], plaintext: str) -> ApiKey:
+def models_of(key: ApiKey) -> list[str] | None:
+    """The names of the models a key is limited to; None: every model."""
+    return None if key.all_models else [m.name for m in key.models]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated key, detached from the database: what a request may do."""
+
+    key_id: int
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    model_ids: frozenset[int] | None  # None: every model
+
+    @classmethod
+    def of(cls, key: ApiKey) -> "Caller":
+        ids = None if key.all_models else frozenset(m.id for m in key.models)
+        return cls(key.id, key.name, key.prefix, tuple(scopes_of(key)), ids)
+
+    @property
+    def label(self) -> str:
+        return f"key {self.prefix}... ({self.name!r})"
+
+    def has_any(self, scopes: Iterable[str]) -> bool:
+        return bool(set(self.scopes) & set(scopes))
+
+    def may_use(self, model_id: int) -> bool:
+        return self.model_ids is None or model_id in self.model_ids
+
+
+def _insert(session: Session, name: str, scopes: Iterable[str], plaintext: str,
+            models: Sequence[Model] | None = None) -> ApiKey:
     name = name.strip()
     if not name or len(name) > 128:
         raise AuthError("a key's name must be 1 to 128 characters")
+    if models is not None and not models:
+        raise AuthError("models: a key limited to models needs at least one (leave `models` out for every model)")
     row = ApiKey(name=name, prefix=display_prefix(plaintext), key_hash=hash_key(plaintext),
-                 scopes=" ".join(normalise_scopes(scopes)), created_at=utcnow())
+                 scopes=" ".join(normalise_scopes(scopes)), created_at=utcnow(),
+                 all_models=models is None, models=list(models or []))
     session.add(row)
     session.flush()
     return row
 
 
-def create_key(session: Session, name: str, scopes: Iterable[str]) -> tuple[ApiKey, str]:
-    """A new key; the plaintext is returned here and nowhere else. The caller commits."""
+def create_key(session: Session, name: str, scopes: Iterable[str],
+               models: Sequence[Model] | None = None) -> tuple[ApiKey, str]:
+    """A new key, for every model or only ``models``; the plaintext is returned here and nowhere
+    else. The caller commits."""
     plaintext = generate_key()
-    return _insert(session, name, scopes, plaintext), plaintext
+    return _insert(session, name, scopes, plaintext, models), plaintext
 
 
 def authenticate(session: Session, plaintext: str, *, now: datetime | None = None) -> ApiKey | None:
@@ -123,7 +168,7 @@ def revoke_key(session: Session, key_id: int) -> ApiKey:
         raise KeyNotFound(f"no API key with id {key_id}")
     if key.revoked_at is not None:
         return key
-    if "admin" in scopes_of(key) and _active_admin_count(session) <= 1:
+    if key.all_models and ADMIN in scopes_of(key) and _active_admin_count(session) <= 1:
         raise LastAdminKey(
             f"key {key.id} ({key.name!r}, {key.prefix}...) is the last active admin key: "
             "create another admin key before revoking it"
@@ -133,8 +178,9 @@ def revoke_key(session: Session, key_id: int) -> ApiKey:
 
 
 def _active_admin_count(session: Session) -> int:
-    active = session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None)))
-    return sum("admin" in scopes_of(k) for k in active)
+    """Active admin keys for every model (those that can manage keys)."""
+    active = session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None), ApiKey.all_models.is_(True)))
+    return sum(ADMIN in scopes_of(k) for k in active)
 
 
 # --- the first keys of a deployment ---------------------------------------------------------
@@ -155,7 +201,7 @@ def bootstrap_keys(settings: Settings, session: Session) -> str | None:
     notes = [_register_injected(session, scope, plaintext) for scope, plaintext in injected.items()]
     generated: dict[str, str] = {}
     if settings.embedded:
-        for scope in SCOPES:
+        for scope in INJECTED:  # admin and infer; read keys are made by hand
             if not _scope_ever_had_a_key(session, scope):
                 _, generated[scope] = create_key(session, f"generated {scope} key", [scope])
     if generated:

@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     inference_max_batch: int = Field(8, ge=1)
     inference_max_wait_ms: float = Field(5.0, ge=0)
     inference_device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    inference_cache_size: int = Field(3, ge=1, description="Model versions kept loaded at once.")
+    inference_max_loaded: int = Field(4, ge=1, description=(
+        "Model versions kept loaded at once, over all models; production versions are kept first."))
 
     # --- the worker ----------------------------------------------------------------------
     training_queue: str = "training"

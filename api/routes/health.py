@@ -29,10 +29,11 @@ def _probe(check: Callable[[], None]) -> str | None:
 
 @router.get("/readyz", responses={503: {"description": "a dependency is not ready; `failing` names it"}})
 def readyz(state: StateDep) -> JSONResponse:
-    """Database reachable with its schema at head, object store and broker reachable, and the
-    production model loaded. With no model trained yet the service is ready and ``checks.model``
-    says so; while a production version exists but is not loaded yet, ``model`` is failing."""
-    model_ready, model_note = state.inference.ready()
+    """Database reachable with its schema at head, object store and broker reachable, and every
+    model's production version loaded (within STRATA_INFERENCE_MAX_LOADED). ``models`` gives each
+    model's production state by name; with no version trained yet a model is ready and says so;
+    while a production version exists but is not loaded yet, ``model`` is failing."""
+    model_ready, model_note, per_model = state.inference.ready()
     problems = {
         "database": _probe(lambda: check_database(state.engine)),
         "object_store": _probe(state.store.check),
@@ -44,5 +45,6 @@ def readyz(state: StateDep) -> JSONResponse:
         "status": "unavailable" if failing else "ready",
         "failing": failing,
         "checks": {**{name: problem or "ok" for name, problem in problems.items()}, "model": model_note},
+        "models": per_model,
     }
     return JSONResponse(body, status_code=503 if failing else 200)

@@ -1,38 +1,43 @@
-"""API keys: create (plaintext shown once), list (never hashes), revoke. Admin scope only."""
+"""API keys: create (plaintext shown once), list (never hashes), revoke. Admin keys for every model only."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
 
-from api.deps import AdminDep, SessionDep
+from fastapi import APIRouter, Path, status
+
+from api.deps import GlobalAdminDep, SessionDep
 from api.schemas.keys import KeyCreate, KeyCreated, KeyPublic
-from services.auth import create_key, list_keys, revoke_key, scopes_of
+from services.auth import create_key, list_keys, models_of, revoke_key, scopes_of
 from services.db.models import ApiKey
+from services.registry.models import get_models
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 
 
 def _public(key: ApiKey) -> dict:
-    return {"id": key.id, "name": key.name, "prefix": key.prefix, "scopes": scopes_of(key),
+    return {"id": key.id, "name": key.name, "prefix": key.prefix, "scopes": scopes_of(key), "models": models_of(key),
             "created_at": key.created_at, "last_used_at": key.last_used_at, "revoked_at": key.revoked_at}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
-def post_key(body: KeyCreate, session: SessionDep, _: AdminDep) -> dict:
-    """Create a key. The response holds the key itself, the only time it is ever shown."""
-    key, plaintext = create_key(session, body.name, body.scopes)
+def post_key(body: KeyCreate, session: SessionDep, _: GlobalAdminDep) -> dict:
+    """Create a key, for every model or limited to ``models``. The response holds the key itself,
+    the only time it is ever shown."""
+    models = None if body.models is None else get_models(session, body.models)
+    key, plaintext = create_key(session, body.name, body.scopes, models)
     session.commit()
     return {**_public(key), "key": plaintext}
 
 
 @router.get("", response_model=list[KeyPublic])
-def get_keys(session: SessionDep, _: AdminDep) -> list[dict]:
+def get_keys(session: SessionDep, _: GlobalAdminDep) -> list[dict]:
     return [_public(k) for k in list_keys(session)]
 
 
 @router.delete("/{key_id}", response_model=KeyPublic,
                responses={404: {"description": "no such key"}, 409: {"description": "the last admin key"}})
-def delete_key(key_id: int, session: SessionDep, _: AdminDep) -> dict:
+def delete_key(key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, _: GlobalAdminDep) -> dict:
     """Revoke a key (it stays listed, with ``revoked_at``). The last active admin key cannot go."""
     key = revoke_key(session, key_id)
     session.commit()

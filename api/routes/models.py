@@ -1,72 +1,108 @@
-"""Model versions: list, detail (scores, lineage, forgetting, promotion decision), promotion and
-rollback, and the colour legend of a version's masks.
-
-``{version}`` is a version number or an alias name (``production``, ``latest``).
-"""
+"""Models: create, list, show, change (description, promotion policy) and delete named lineages."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+from typing import Annotated
 
-from api.deps import AdminDep, ReaderDep, SessionDep, SettingsDep, StateDep
-from api.schemas.models import LegendEntry, ModelDetail, ModelSummary, Promoted
-from services.db.models import ModelVersion
-from services.registry.aliases import PRODUCTION, aliases_by_version, promote
-from services.registry.classes import class_colour, colour_hex
-from services.registry.report import VersionReport, describe_version
-from services.registry.versions import list_versions, resolve_version
+from fastapi import APIRouter, Query, Response, status
+from starlette.concurrency import run_in_threadpool
 
+from api.deps import AdminModelDep, GlobalAdminDep, ReaderDep, ReadModelDep, SessionDep, StateDep
+from api.schemas.models import ModelCreate, ModelPublic, ModelUpdate
+from api.state import AppState
+from services.config import Settings
+from services.db.models import Model
+from services.db.session import session_scope
+from services.registry.models import (
+    ModelChanges,
+    ModelObjects,
+    create_model,
+    delete_model,
+    list_models,
+    summarize,
+    update_model,
+)
+from services.storage import ObjectStore
+from services.storage.keys import model_prefix
+
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/models", tags=["models"])
-NOT_FOUND = {404: {"description": "no such version or alias"}}
+NOT_FOUND = {404: {"description": "no such model"}}
 
 
-def _summary(row: ModelVersion, aliases: list[str]) -> dict:
+def _public(session, settings: Settings, row: Model) -> dict:
+    s = summarize(session, settings, row)
+    last = s.last_task
     return {
-        "version": row.version, "parent": row.parent_version, "task_id": row.task_id,
-        "architecture": row.architecture, "method": row.method, "num_classes": row.num_classes,
-        "miou": {"old": row.miou_old, "new": row.miou_new, "all": row.miou_all},
-        "aliases": aliases, "created_at": row.created_at,
+        "name": row.name, "description": row.description, "architecture": row.architecture,
+        "created_at": row.created_at, "updated_at": row.updated_at,
+        "auto_promote": row.auto_promote, "promote_max_old_miou_drop": row.promote_max_old_miou_drop,
+        "policy": {"auto_promote": s.policy.auto_promote, "max_old_miou_drop": s.policy.max_old_drop_points},
+        "production": s.production, "latest": s.latest, "versions": s.versions, "classes": s.classes,
+        "pending_tasks": s.pending_tasks,
+        "last_task": None if last is None else {"id": last.id, "status": last.status, "created_at": last.created_at,
+                                                "finished_at": last.finished_at, "error": last.error},
     }
 
 
-def _detail(report: VersionReport) -> dict:
-    row = report.version
-    return {
-        **_summary(row, report.aliases),
-        "lineage": report.lineage,
-        "hyperparameters": row.hyperparameters,
-        "checkpoint": {"key": row.checkpoint_key, "sha256": row.checkpoint_sha256, "bytes": row.checkpoint_bytes},
-        "iou": {c.name: c.iou for c in report.classes},
-        "forgetting": {c.name: c.forgetting for c in report.classes if c.forgetting is not None},
-        "classes": [vars(c) for c in report.classes],
-        "promotion": report.promotion.as_dict(),
-    }
-
-
-@router.get("", response_model=list[ModelSummary])
-def get_models(session: SessionDep, _: ReaderDep) -> list[dict]:
-    aliases = aliases_by_version(session)
-    return [_summary(row, aliases.get(row.version, [])) for row in list_versions(session)]
-
-
-@router.get("/{version}", response_model=ModelDetail, responses=NOT_FOUND)
-def get_model(version: str, session: SessionDep, settings: SettingsDep, _: ReaderDep) -> dict:
-    return _detail(describe_version(session, settings, version))
-
-
-@router.post("/{version}/promote", response_model=Promoted, responses=NOT_FOUND)
-def promote_model(version: str, session: SessionDep, state: StateDep, _: AdminDep) -> dict:
-    """Point ``production`` at this version; promoting an older version is a rollback."""
-    row = resolve_version(session, version)
-    previous = promote(session, row.version)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelPublic,
+             responses={409: {"description": "the name is taken"}, 403: {"description": "needs an admin key "
+                                                                                       "for every model"}})
+def post_model(body: ModelCreate, response: Response, session: SessionDep, state: StateDep,
+               _: GlobalAdminDep) -> dict:
+    """Create an empty model; its first task chooses its architecture."""
+    row = create_model(session, body.name, body.description)
     session.commit()
-    state.inference.refresh()  # load and swap in the new production model now, not at the next poll
-    return {"alias": PRODUCTION, "version": row.version, "previous": previous}
+    state.inference.refresh()  # so /readyz lists it at once
+    response.headers["Location"] = f"/models/{row.name}"
+    return _public(session, state.settings, row)
 
 
-@router.get("/{version}/classes", response_model=list[LegendEntry], responses=NOT_FOUND)
-def get_legend(version: str, session: SessionDep, _: ReaderDep) -> list[dict]:
-    """The legend of this version's masks: each class's mask value, name and display colour."""
-    row = resolve_version(session, version)
-    return [{"index": i, "name": name, "color": list(class_colour(i)), "hex": colour_hex(i)}
-            for i, name in sorted((int(k), v) for k, v in row.class_map.items())]
+@router.get("", response_model=list[ModelPublic])
+def get_models(session: SessionDep, state: StateDep, caller: ReaderDep) -> list[dict]:
+    """Every model this key may use, by name."""
+    return [_public(session, state.settings, m) for m in list_models(session, caller.model_ids)]
+
+
+@router.get("/{name}", response_model=ModelPublic, responses=NOT_FOUND)
+def get_model(model: ReadModelDep, session: SessionDep, state: StateDep) -> dict:
+    return _public(session, state.settings, session.get(Model, model.id))
+
+
+@router.patch("/{name}", response_model=ModelPublic, responses=NOT_FOUND)
+def patch_model(model: AdminModelDep, body: ModelUpdate, session: SessionDep, state: StateDep) -> dict:
+    """Change the description or the model's promotion policy (null: back to the service's setting)."""
+    row = session.get(Model, model.id)
+    update_model(session, row, ModelChanges(given=frozenset(body.model_fields_set), **body.model_dump()))
+    session.commit()
+    return _public(session, state.settings, row)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses={
+    **NOT_FOUND, 409: {"description": "tasks are pending, or it has versions and `confirm` does not repeat its name"}})
+async def remove_model(
+    model: AdminModelDep, state: StateDep,
+    confirm: Annotated[str | None, Query(max_length=64, description=(
+        "Required when the model has versions: its name again. Its versions, checkpoints and datasets go too."))] = None,
+) -> Response:
+    """Delete the model, its versions, tasks, classes and stored objects."""
+    objects = await run_in_threadpool(_delete, state, model.id, confirm)
+    state.inference.refresh()  # its loaded versions are dropped at the next look at the registry
+    await run_in_threadpool(_delete_objects, state.store, model.id, objects)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _delete(state: AppState, model_id: int, confirm: str | None) -> ModelObjects:
+    with session_scope(state.sessions) as session:
+        return delete_model(session, session.get(Model, model_id), confirm)
+
+
+def _delete_objects(store: ObjectStore, model_id: int, objects: ModelObjects) -> None:
+    """After the commit: rows never point at a deleted object; a failure here only leaves garbage."""
+    try:
+        for key in objects.keys:  # keys from before models existed live outside models/{id}/
+            store.delete(key)
+        store.delete_prefix(model_prefix(model_id))
+    except Exception:
+        log.exception("model %s is deleted but some of its objects could not be removed", model_id)

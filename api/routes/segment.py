@@ -1,4 +1,4 @@
-"""POST /segment: one image in, its mask of global class indices out.
+"""POST /models/{name}/segment: one image in, its mask of the model's class indices out.
 
 The image is decoded and the mask PNG encoded in the thread pool; the forward runs on the
 version's batcher thread, batched with concurrent requests. The event loop only waits.
@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import InferDep, StateDep
+from api.deps import InferModelDep, StateDep
 from services.inference.images import class_pixel_counts, decode_image, encode_mask_png
 from services.inference.service import Segmentation
 
@@ -23,13 +23,14 @@ PNG = "image/png"
 
 
 class SegmentResult(BaseModel):
+    model: str = Field(description="The model's name.")
     model_version: int = Field(description="The version that produced the mask.")
     width: int
     height: int
     classes: dict[str, int] = Field(description="Pixel count of each class present in the mask, by class name.")
     mask_png: str = Field(description=(
-        "Base64 of an 8-bit palette PNG at the input's size: each pixel's value is its global class index "
-        "(see GET /models/{version}/classes), the palette the classes' legend colours."))
+        "Base64 of an 8-bit palette PNG at the input's size: each pixel's value is its class index in the "
+        "model (see GET /models/{name}/classes?version=N), the palette the classes' legend colours."))
 
 
 def _wants_png(request: Request) -> bool:
@@ -46,13 +47,13 @@ def _wants_png(request: Request) -> bool:
 
 
 @router.post(
-    "/segment",
+    "/models/{name}/segment",
     response_model=SegmentResult,
     responses={
         200: {"content": {PNG: {}}, "description": "JSON, or with `Accept: image/png` the mask PNG itself "
                                                    "(header X-Model-Version names the version)"},
-        404: {"description": "no such version or alias"},
-        409: {"description": "no model has been trained (or promoted) yet"},
+        404: {"description": "no such model, version or alias"},
+        409: {"description": "the model has no version yet, or none in production"},
         413: {"description": "the image has more pixels than STRATA_MAX_IMAGE_PIXELS"},
         422: {"description": "the upload is not an image"},
         503: {"description": "the version exists but cannot be loaded"},
@@ -61,17 +62,19 @@ def _wants_png(request: Request) -> bool:
 async def segment(
     request: Request,
     state: StateDep,
-    _: InferDep,
+    model: InferModelDep,
     image: Annotated[UploadFile, File(description="The image to segment (PNG, JPEG, ...).")],
-    version: Annotated[str | None, Query(description="A version number or alias; default: production.")] = None,
+    version: Annotated[str | None, Query(min_length=1, max_length=64,
+                                         description="A version number or alias; default: production.")] = None,
 ) -> Response:
-    """Segment one image with the production model (or ``version``)."""
+    """Segment one image with the model's production version (or ``version``)."""
     data = await image.read()
     decoded = await run_in_threadpool(decode_image, data, state.settings.max_image_pixels, image.filename or "image")
-    result = await state.inference.predict(decoded, version)
+    result = await state.inference.predict(model.id, decoded, version)
     if _wants_png(request):
         png = await run_in_threadpool(encode_mask_png, result.mask)
-        return Response(png, media_type=PNG, headers={"X-Model-Version": str(result.version)})
+        return Response(png, media_type=PNG, headers={"X-Model": result.model,
+                                                      "X-Model-Version": str(result.version)})
     return await run_in_threadpool(_as_json, result)
 
 
@@ -80,7 +83,7 @@ def _as_json(result: Segmentation) -> Response:
     a while, and the event loop should only wait)."""
     height, width = result.mask.shape
     body = SegmentResult(
-        model_version=result.version, width=width, height=height,
+        model=result.model, model_version=result.version, width=width, height=height,
         classes=class_pixel_counts(result.mask, result.class_names),
         mask_png=base64.b64encode(encode_mask_png(result.mask)).decode("ascii"),
     )

@@ -1,6 +1,7 @@
-"""Training tasks: register one with its data (POST /tasks), read them, cancel one.
+"""Training tasks: register one for a model with its data (POST /models/{name}/tasks), read a
+model's tasks, and, by id across models, read one (GET /tasks/{id}), cancel one, list the queue.
 
-POST /tasks reads its multipart body as a stream: files go straight to a work directory on
+POST /models/{name}/tasks reads its multipart body as a stream: files go straight to a work directory on
 disk (hashed on the way), so memory stays bounded whatever the upload; everything blocking
 (decoding, hashing, storing, the database) runs in the thread pool.
 """
@@ -14,34 +15,38 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import Path as FastApiPath
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from api.deps import AdminDep, ReaderDep, SessionDep, StateDep
+from api.deps import AdminDep, AdminModelDep, ReaderDep, ReadModelDep, SessionDep, StateDep, check_model_access
 from api.schemas.tasks import TaskPublic, upload_openapi
 from api.state import AppState
+from services.auth import Caller
 from services.data.multipart import MultipartSpool, Received
-from services.db.models import TaskStatus
+from services.db.models import Model, TaskStatus
 from services.db.session import session_scope
-from services.jobs.lifecycle import request_cancel
+from services.jobs.lifecycle import get_task, request_cancel
 from services.jobs.registration import IngestLimits, Registration, register_task
 from services.jobs.views import TaskView, list_task_views, task_view
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/tasks", tags=["tasks"])
+model_router = APIRouter(prefix="/models/{name}/tasks", tags=["tasks"])
 
 FEED_BYTES = 1024 * 1024  # body bytes handed to the parser thread at a time
 SPEC_MAX_BYTES = 256 * 1024
 FILE_FIELDS = {"images", "masks", "archive"}
 
 
-@router.post(
+@model_router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=TaskPublic,
     openapi_extra=upload_openapi(),
     responses={
-        409: {"description": "a class name already exists"},
+        404: {"description": "no such model"},
+        409: {"description": "a class name already exists in the model"},
         413: {"description": "the body, or an archive's content, is over its size limit"},
         422: {"description": "bad spec or files; the message names the file and what is wrong"},
     },
@@ -50,17 +55,18 @@ async def create_task(
     request: Request,
     response: Response,
     state: StateDep,
-    _: AdminDep,
+    model: AdminModelDep,
     idempotency_key: Annotated[str | None, Header(
         max_length=200, description="Retrying with the same key and body returns the same task.")] = None,
 ) -> TaskView:
-    """Register a task: `spec` (JSON) and files `images` + `masks` (paired by stem) or one zip
-    `archive` (images/ and masks/). Everything is validated before anything is stored; the task
-    is queued for training and answered 202 with a Location header."""
+    """Register a task of this model: `spec` (JSON) and files `images` + `masks` (paired by stem) or
+    one zip `archive` (images/ and masks/). Everything is validated before anything is stored; the
+    task is queued behind the model's earlier tasks and answered 202 with a Location header."""
     workdir = await run_in_threadpool(_new_workdir, state.settings.data_dir)
     try:
         received = await _receive(request, workdir)
-        registration, view = await run_in_threadpool(_register, state, received, workdir, idempotency_key)
+        registration, view = await run_in_threadpool(_register, state, model.name, received, workdir,
+                                                     idempotency_key)
     finally:
         await run_in_threadpool(shutil.rmtree, workdir, True)
     response.headers["Location"] = f"/tasks/{view.id}"
@@ -94,8 +100,9 @@ async def _receive(request: Request, workdir: Path) -> Received:
         spool.close()
 
 
-def _register(state: AppState, received: Received, workdir: Path, key: str | None) -> tuple[Registration, TaskView]:
-    registration = register_task(state.sessions, state.store, received, workdir,
+def _register(state: AppState, model_name: str, received: Received, workdir: Path,
+              key: str | None) -> tuple[Registration, TaskView]:
+    registration = register_task(state.sessions, state.store, model_name, received, workdir,
                                  IngestLimits.from_settings(state.settings), idempotency_key=key)
     if registration.created:
         _enqueue(state, registration.task_id)
@@ -111,19 +118,33 @@ def _enqueue(state: AppState, task_id: str) -> None:
                       "it will be picked up when a worker (re)starts", task_id)
 
 
+StatusQuery = Annotated[TaskStatus | None, Query(alias="status", description="Only tasks in this state.")]
+LimitQuery = Annotated[int, Query(ge=1, le=1000)]
+TaskId = Annotated[str, FastApiPath(min_length=1, max_length=36, pattern="^[A-Za-z0-9_-]+$")]
+
+
+@model_router.get("", response_model=list[TaskPublic], responses={404: {"description": "no such model"}})
+def read_model_tasks(model: ReadModelDep, session: SessionDep, status_: StatusQuery = None,
+                     limit: LimitQuery = 100) -> list[TaskView]:
+    """The model's tasks, newest first."""
+    return list_task_views(session, status_.value if status_ else None, limit, model_ids=[model.id])
+
+
 @router.get("", response_model=list[TaskPublic])
-def read_tasks(
-    session: SessionDep,
-    _: ReaderDep,
-    status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[TaskView]:
-    """Tasks, newest first; `?status=` keeps only those in that state."""
-    return list_task_views(session, status_.value if status_ else None, limit)
+def read_tasks(session: SessionDep, caller: ReaderDep, status_: StatusQuery = None,
+               limit: LimitQuery = 100) -> list[TaskView]:
+    """Tasks of every model this key may use, newest first: the training queue across models."""
+    return list_task_views(session, status_.value if status_ else None, limit, model_ids=caller.model_ids)
+
+
+def _checked_task(session, caller: Caller, task_id: str) -> None:
+    """404 for no such task, 403 when it belongs to a model the key may not use."""
+    check_model_access(caller, session.get(Model, get_task(session, task_id).model_id))
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses={404: {"description": "no such task"}})
-def read_task(task_id: str, session: SessionDep, _: ReaderDep) -> TaskView:
+def read_task(task_id: TaskId, session: SessionDep, caller: ReaderDep) -> TaskView:
+    _checked_task(session, caller, task_id)
     return task_view(session, task_id)
 
 
@@ -137,8 +158,9 @@ def read_task(task_id: str, session: SessionDep, _: ReaderDep) -> TaskView:
         409: {"description": "it already finished"},
     },
 )
-def cancel(task_id: str, response: Response, state: StateDep, _: AdminDep) -> TaskView:
+def cancel(task_id: TaskId, response: Response, state: StateDep, caller: AdminDep) -> TaskView:
     with session_scope(state.sessions) as session:
+        _checked_task(session, caller, task_id)
         cancelled_now = request_cancel(session, task_id)
     response.status_code = status.HTTP_200_OK if cancelled_now else status.HTTP_202_ACCEPTED
     with state.sessions() as session:

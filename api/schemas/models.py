@@ -1,85 +1,62 @@
-"""Bodies of /models and /classes. IoU values are fractions in [0, 1]; forgetting is an IoU
-difference (positive = worse); the promotion policy speaks in points (IoU x 100)."""
+"""Bodies of /models: a model (a named lineage), created, changed and shown with what it serves."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-
-class MeanIou(BaseModel):
-    old: float | None = Field(description="Mean IoU over the parent's classes (None for a base model).")
-    new: float | None = Field(description="Mean IoU over the classes this version added.")
-    all: float | None
+from services.registry.models import MAX_DESCRIPTION_CHARS, MODEL_NAME_PATTERN
 
 
-class Checkpoint(BaseModel):
-    key: str
-    sha256: str
-    bytes: int
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "street-cam-7", "description": "Entrance camera, new classes every month"}]})
+
+    name: str = Field(pattern=f"^{MODEL_NAME_PATTERN}$", description=(
+        "Unique, used in URLs: letters, digits, '.', '_' or '-', starting with a letter or digit; at most 64."))
+    description: str = Field("", max_length=MAX_DESCRIPTION_CHARS)
 
 
-class ClassScore(BaseModel):
-    index: int
-    name: str
-    role: str = Field(description="'old': a class of the parent; 'new': added by this version.")
-    iou: float | None = Field(description="None: not scored (absent from its validation images).")
-    tp: int | None
-    fp: int | None
-    fn: int | None
-    forgetting: float | None = Field(description="Parent IoU minus this IoU (old classes).")
-    forgetting_best: float | None = Field(description="Best IoU of any earlier version minus this IoU.")
+class ModelUpdate(BaseModel):
+    """Only the fields sent change. A promotion setting set to null follows the service's setting again."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"auto_promote": False}, {"promote_max_old_miou_drop": 2.5, "description": "stricter"}]})
+
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION_CHARS)
+    auto_promote: bool | None = Field(None, description="Promote new versions that pass the policy by themselves "
+                                                        "(null: STRATA_AUTO_PROMOTE).")
+    promote_max_old_miou_drop: float | None = Field(None, ge=0, le=100, description=(
+        "Largest IoU drop, in points, of any old class for automatic promotion (null: "
+        "STRATA_PROMOTE_MAX_OLD_MIOU_DROP)."))
 
 
-class PromotionDecision(BaseModel):
-    promote: bool = Field(description="Whether the policy lets this version be production.")
-    summary: str
-    reasons: list[str] = Field(description="Every check in words, failed ones first.")
-    old_miou_drop_points: float | None
-    worst_old_class: int | None
-    worst_old_class_drop_points: float | None
+class PolicyPublic(BaseModel):
+    auto_promote: bool = Field(description="In effect: the model's setting, else the service's.")
+    max_old_miou_drop: float = Field(description="In effect, in IoU points.")
 
 
-class ModelSummary(BaseModel):
-    version: int
-    parent: int | None
-    task_id: str
-    architecture: str
-    method: str
-    num_classes: int
-    miou: MeanIou
-    aliases: list[str]
+class LastTask(BaseModel):
+    id: str
+    status: str
     created_at: datetime
+    finished_at: datetime | None
+    error: str | None
 
 
-class ModelDetail(ModelSummary):
-    lineage: list[int] = Field(description="Versions from the base model down to this one.")
-    hyperparameters: dict[str, Any]
-    checkpoint: Checkpoint
-    iou: dict[str, float | None] = Field(description="Per-class IoU by class name.")
-    forgetting: dict[str, float] = Field(description="Per old class: parent IoU minus this IoU, by name.")
-    classes: list[ClassScore]
-    promotion: PromotionDecision = Field(
-        description="The promotion policy's decision when this version was recorded, with its reasons.")
-
-
-class Promoted(BaseModel):
-    alias: str
-    version: int
-    previous: int | None
-
-
-class LegendEntry(BaseModel):
-    index: int = Field(description="The value of this class in a mask.")
+class ModelPublic(BaseModel):
     name: str
-    color: list[int] = Field(description="[r, g, b] for display; fixed per class index.")
-    hex: str
-
-
-class ClassPublic(BaseModel):
-    index: int
-    name: str
-    task_id: str | None = Field(description="The task that introduced the class (None: background).")
+    description: str
+    architecture: str | None = Field(description="Fixed by the model's first task (None before it).")
     created_at: datetime
+    updated_at: datetime
+    auto_promote: bool | None = Field(description="The model's own setting (None: the service's).")
+    promote_max_old_miou_drop: float | None = Field(description="The model's own setting (None: the service's).")
+    policy: PolicyPublic
+    production: int | None = Field(description="The version /segment serves by default.")
+    latest: int | None
+    versions: int
+    classes: int = Field(description="Classes the model knows of, background excluded.")
+    pending_tasks: int = Field(description="Tasks queued or running.")
+    last_task: LastTask | None

@@ -1,4 +1,5 @@
-"""Bodies of /tasks: the spec a client sends (multipart field ``spec``) and the task it gets back."""
+"""Bodies of tasks: the spec a client sends (multipart field ``spec`` of POST /models/{name}/tasks)
+and the task it gets back."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from services.jobs.spec import TaskSpec
 
 
 class TaskCreate(TaskSpec):
-    """The JSON in the multipart field ``spec`` of POST /tasks (validated by services.jobs.spec)."""
+    """The JSON in the multipart field ``spec`` of POST /models/{name}/tasks (validated by services.jobs.spec)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"classes": ["car", "person"], "epochs": 30, "mask_format": "index"},
@@ -43,11 +44,12 @@ class TaskPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
+    model: str = Field(description="The model's name.")
     status: str = Field(description="queued | running | succeeded | failed | cancelled")
-    classes: dict[str, int] = Field(description="The classes this task adds: name -> global index.")
+    classes: dict[str, int] = Field(description="The classes this task adds: name -> index in the model.")
     also_labelled: list[str]
     method: str | None
-    model: str | None = Field(description="Architecture of the lineage.")
+    architecture: str | None = Field(description="The model's architecture.")
     progress: ProgressPublic | None
     error: str | None
     model_version: int | None = Field(description="The version this task produced.")

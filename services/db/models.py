@@ -1,5 +1,11 @@
-"""The tables: tasks and their dataset items, global classes, model versions and their metrics,
-aliases, API keys and worker heartbeats.
+"""The tables: models (named lineages), and within each model its tasks and their dataset items,
+its classes, its versions and their metrics, its aliases; API keys (and the models a key is limited
+to) and worker heartbeats.
+
+Everything a model owns carries ``model_id``: a class index, a version number and an alias name are
+unique within their model only, so their keys are composite ``(model_id, ...)`` and every foreign
+key between them includes ``model_id``: a version can only descend from a version of its own model,
+score its own model's classes, and be named by its own model's aliases.
 
 ``tasks`` and ``model_versions`` point at each other (a task starts from a parent version and
 produces a version; a version records the task that produced it). The two foreign keys from
@@ -17,13 +23,17 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Column,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     String,
+    Table,
     Text,
     UniqueConstraint,
     false,
     text,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -53,14 +63,37 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+class Model(Base):
+    """A named lineage: its own classes, versions, aliases, promotion settings and step order."""
+
+    __tablename__ = "models"
+    __table_args__ = {"sqlite_autoincrement": True}  # an id is never reused: object keys hold it
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    # Fixed by the model's first task (NULL until then).
+    architecture: Mapped[str | None] = mapped_column(String(64))
+    # The promotion policy of this model; NULL = the service's setting (STRATA_AUTO_PROMOTE, ...).
+    auto_promote: Mapped[bool | None]
+    promote_max_old_miou_drop: Mapped[float | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class SemanticClass(Base):
-    """A class with its GLOBAL index (assigned by us, never reused; 0 is background)."""
+    """A class of a model with its index in that model (assigned by us, never reused; 0 is
+    background). The index is "global" across the model's versions, not across models."""
 
     __tablename__ = "classes"
-    __table_args__ = (CheckConstraint(f"id >= 0 AND id <> {IGNORE_INDEX}", name="id_valid"),)
+    __table_args__ = (
+        CheckConstraint(f"id >= 0 AND id <> {IGNORE_INDEX}", name="id_valid"),
+        UniqueConstraint("model_id", "name"),
+    )
 
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
     # The task that introduced the class; NULL for background only.
     task_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("tasks.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -74,9 +107,15 @@ class Task(Base):
         CheckConstraint(_in("status", TaskStatus), name="status_valid"),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
         Index("ix_tasks_status_created_at", "status", "created_at"),
+        Index("ix_tasks_model_id_created_at", "model_id", "created_at"),
+        ForeignKeyConstraint(["model_id", "parent_version"], ["model_versions.model_id", "model_versions.version"],
+                             name="fk_tasks_parent_version_model_versions", use_alter=True),
+        ForeignKeyConstraint(["model_id", "model_version"], ["model_versions.model_id", "model_versions.version"],
+                             name="fk_tasks_model_version_model_versions", use_alter=True),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_task_id)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     kind: Mapped[str] = mapped_column(String(32), default="train", server_default="train")
     status: Mapped[str] = mapped_column(String(16), default=TaskStatus.QUEUED.value)
     spec: Mapped[dict[str, Any]]
@@ -84,9 +123,9 @@ class Task(Base):
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64))
-    parent_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.version", use_alter=True))
+    parent_version: Mapped[int | None]
     # The version this task produced (set in the same transaction that inserts the version).
-    model_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.version", use_alter=True))
+    model_version: Mapped[int | None]
     cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
     attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -132,10 +171,13 @@ class ModelVersion(Base):
     __table_args__ = (
         CheckConstraint("version >= 1", name="version_positive"),
         CheckConstraint("num_classes >= 1", name="num_classes_positive"),
+        ForeignKeyConstraint(["model_id", "parent_version"], ["model_versions.model_id", "model_versions.version"],
+                             name="fk_model_versions_parent_version_model_versions"),
     )
 
-    version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    parent_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.version"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)  # 1, 2, ... per model
+    parent_version: Mapped[int | None]
     # UNIQUE: a task produces at most one version, so a redelivered task cannot add a second.
     task_id: Mapped[str] = mapped_column(String(36), ForeignKey("tasks.id"), unique=True)
     architecture: Mapped[str] = mapped_column(String(64))
@@ -163,11 +205,16 @@ class ClassMetric(Base):
     """Per-class scores of one version; ``iou`` is NULL when the class is absent from the data."""
 
     __tablename__ = "class_metrics"
-
-    version: Mapped[int] = mapped_column(
-        ForeignKey("model_versions.version", ondelete="CASCADE"), primary_key=True
+    __table_args__ = (
+        ForeignKeyConstraint(["model_id", "version"], ["model_versions.model_id", "model_versions.version"],
+                             name="fk_class_metrics_version_model_versions", ondelete="CASCADE"),
+        ForeignKeyConstraint(["model_id", "class_index"], ["classes.model_id", "classes.id"],
+                             name="fk_class_metrics_class_index_classes"),
     )
-    class_index: Mapped[int] = mapped_column(ForeignKey("classes.id"), primary_key=True)
+
+    model_id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    class_index: Mapped[int] = mapped_column(primary_key=True)
     iou: Mapped[float | None]
     tp: Mapped[int] = mapped_column(BigInteger)
     fp: Mapped[int] = mapped_column(BigInteger)
@@ -178,12 +225,17 @@ class ClassMetric(Base):
 
 
 class Alias(Base):
-    """A movable name ("production", "latest") pointing at a version."""
+    """A movable name of a model ("production", "latest", "candidate", ...) pointing at one of its versions."""
 
     __tablename__ = "aliases"
+    __table_args__ = (
+        ForeignKeyConstraint(["model_id", "version"], ["model_versions.model_id", "model_versions.version"],
+                             name="fk_aliases_version_model_versions"),
+    )
 
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    version: Mapped[int] = mapped_column(ForeignKey("model_versions.version"))
+    version: Mapped[int]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -196,10 +248,23 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(128))
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    scopes: Mapped[str] = mapped_column(String(64))  # space-separated: "admin", "infer"
+    scopes: Mapped[str] = mapped_column(String(64))  # space-separated: "admin", "infer", "read"
+    # False: the key works on the models listed in api_key_models only (none left: on no model).
+    all_models: Mapped[bool] = mapped_column(default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+    models: Mapped[list[Model]] = relationship(secondary=lambda: api_key_models, order_by="Model.name")
+
+
+# The models a key limited to some models may use (api_keys.all_models false).
+api_key_models = Table(
+    "api_key_models",
+    Base.metadata,
+    Column("key_id", ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True),
+    Column("model_id", ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+)
 
 
 class WorkerHeartbeat(Base):

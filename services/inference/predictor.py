@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 class VersionSpec:
     """What serving a version needs from its registry row (plain values: no session attached)."""
 
+    model_id: int
+    model_name: str
     version: int
     architecture: str
     class_map: dict[int, str]  # global index -> name
@@ -52,8 +54,12 @@ class VersionSpec:
     checkpoint_key: str
     checkpoint_sha256: str
 
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.model_id, self.version
+
     @classmethod
-    def from_row(cls, row: ModelVersion) -> "VersionSpec":
+    def from_row(cls, row: ModelVersion, model_name: str) -> "VersionSpec":
         size = (row.hyperparameters or {}).get("image_size")
         if size is None:
             raise ModelLoadError(
@@ -65,7 +71,7 @@ class VersionSpec:
         except (TypeError, ValueError) as err:
             raise ModelLoadError(f"model version {row.version} has an invalid image_size {size!r}: {err}") from None
         return cls(
-            version=row.version, architecture=row.architecture,
+            model_id=row.model_id, model_name=model_name, version=row.version, architecture=row.architecture,
             class_map={int(k): str(v) for k, v in row.class_map.items()}, image_size=short,
             checkpoint_key=row.checkpoint_key, checkpoint_sha256=row.checkpoint_sha256,
         )
@@ -95,7 +101,7 @@ class Predictor:
     def load(cls, spec: VersionSpec, store: ObjectStore, cache_dir: Path, device: str = "auto") -> "Predictor":
         """Download (or reuse) the checkpoint, load it with its sha256 checked, warm it up."""
         started = time.perf_counter()
-        path = checkpoint_path(cache_dir, spec.version)
+        path = checkpoint_path(cache_dir, spec.model_id, spec.version)
         try:
             fetch(store, spec.checkpoint_key, spec.checkpoint_sha256, path)
             loaded = load_model(path, expected_sha256=spec.checkpoint_sha256)
@@ -104,7 +110,8 @@ class Predictor:
         _check_matches_registry(spec, loaded.model, loaded.class_map)
         predictor = cls(spec, loaded.model, resolve_device(device))
         predictor.warm_up()
-        log.info("loaded model version %s (%s, %s classes, image size %s) on %s in %.2f s", spec.version,
+        log.info("loaded model %r version %s (%s, %s classes, image size %s) on %s in %.2f s", spec.model_name,
+                 spec.version,
                  spec.architecture, len(spec.class_map), spec.image_size, predictor.device,
                  time.perf_counter() - started)
         return predictor

@@ -1,16 +1,22 @@
-"""The inference service: loaded versions (an LRU cache), their batchers, and the production pointer.
+"""The inference service: loaded versions of every model (an LRU cache within a budget), their
+batchers, and each model's production pointer.
 
-``InferenceService`` keeps up to ``settings.inference_cache_size`` versions loaded, each a
-``Served`` pair of ``Predictor`` and ``DynamicBatcher``. A request leases its version for as long
-as it runs (``lease``/``predict``): a version dropped from the cache (evicted, or replaced as
+``InferenceService`` keeps up to ``settings.inference_max_loaded`` versions loaded, of any models,
+each a ``Served`` pair of ``Predictor`` and ``DynamicBatcher``, keyed by (model id, version).
+Production versions are pinned while the budget allows: eviction takes the least recently used
+other version first, and a production version only when productions alone fill the budget (it is
+then loaded again on its model's next request). A request leases its version for as long as it
+runs (``lease``/``predict``): a version dropped from the cache (evicted, or replaced as
 production) is closed only once its last request is done, so no request fails because another
 version arrived.
 
-The production pointer follows the registry's ``production`` alias. A watcher task reads the alias
-every ``poll_interval_s`` (and at once after ``refresh()``, which the promote route calls); when it
-moved, the new version is loaded and warmed in a loader thread while requests keep being served by
-the old one, and only then is the pointer swapped, in one assignment under a lock. Every request
-takes the pointer once, so it is answered entirely by one version: the old or the new.
+Each model's production pointer follows its ``production`` alias. A watcher task reads every
+model's alias every ``poll_interval_s`` (and at once after ``refresh()``, which the alias route
+calls); when one moved, the new version is loaded and warmed in a loader thread while requests keep
+being served by the old one, and only then is that model's pointer swapped, in one assignment
+under a lock. Every request takes its model's pointer once, so it is answered entirely by one
+version: the old or the new. Models are independent: one model's swap or broken checkpoint never
+touches another's answers.
 
 Loads that fail (missing or corrupt checkpoint) are remembered for ``retry_failed_after_s``, so a
 broken version is not downloaded again on every poll or request. Nothing here imports FastAPI.
@@ -26,7 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,19 +41,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.config import Settings
-from services.db.models import ModelVersion
+from services.db.models import Model, ModelVersion
 from services.inference.batcher import DynamicBatcher
 from services.inference.errors import ModelLoadError, ModelUnavailable, NoModelYet, NoProductionVersion
 from services.inference.predictor import Predictor, VersionSpec
-from services.registry.aliases import PRODUCTION, production_version
-from services.registry.versions import get_version, resolve_version
+from services.registry.aliases import PRODUCTION, production_versions
+from services.registry.versions import get_version, parse_version_number, resolve_version
 from services.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-NO_MODEL_YET = "no model has been trained yet"
+NO_MODEL_YET = "no version has been trained yet"
 STARTUP_READ_TIMEOUT_S = 10.0  # an unreachable database must not hold up the API's start
 ACQUIRE_ATTEMPTS = 3  # a freshly loaded version can be evicted before its request leases it
+Key = tuple[int, int]  # (model id, version)
 
 
 @dataclass
@@ -65,28 +72,40 @@ class Served:
     def version(self) -> int:
         return self.predictor.version
 
+    @property
+    def key(self) -> Key:
+        return self.predictor.spec.model_id, self.predictor.version
+
 
 @dataclass(frozen=True)
 class Segmentation:
     """One answered request: the version that answered and its mask at the input's size."""
 
+    model: str
     version: int
-    mask: np.ndarray  # uint8 [H, W], global class indices
-    class_names: dict[int, str]  # the version's classes: global index -> name
+    mask: np.ndarray  # uint8 [H, W], the model's class indices
+    class_names: dict[int, str]  # the version's classes: index -> name
 
 
 @dataclass(frozen=True)
-class RegistryView:
-    """What the last look at the registry found."""
+class ModelView:
+    """What the last look at the registry found about one model's production version."""
 
+    model_id: int
+    name: str
     production: int | None
-    any_versions: bool
+    has_versions: bool
     spec: VersionSpec | None = None  # the production version's, when it could be read
     problem: str | None = None  # why the production version cannot be served, if known from its row
 
 
+@dataclass(frozen=True)
+class RegistryView:
+    models: dict[int, ModelView] = field(default_factory=dict)
+
+
 class InferenceService:
-    """Per-version predictors and batchers, and the hot-swapped production pointer."""
+    """Per-version predictors and batchers of every model, and each model's hot-swapped production pointer."""
 
     def __init__(
         self,
@@ -94,18 +113,19 @@ class InferenceService:
         sessions: sessionmaker[Session],
         store: ObjectStore,
         *,
-        on_batch: Callable[[int], Any] | None = None,
+        on_batch: Callable[[str, int], Any] | None = None,
         poll_interval_s: float = 2.0,
         retry_failed_after_s: float = 30.0,
     ) -> None:
         self.settings, self._sessions, self._store = settings, sessions, store
         self._on_batch = on_batch
         self._poll_interval_s, self._retry_failed_after_s = poll_interval_s, retry_failed_after_s
+        self._budget = settings.inference_max_loaded
         self._lock = threading.Lock()  # guards everything below up to _stopped
-        self._cache: OrderedDict[int, Served] = OrderedDict()  # least recently used first
-        self._loading: dict[int, Future] = {}
-        self._failed: dict[int, tuple[float, str]] = {}  # version -> (monotonic time, why)
-        self._production: Served | None = None
+        self._cache: OrderedDict[Key, Served] = OrderedDict()  # least recently used first
+        self._loading: dict[Key, Future] = {}
+        self._failed: dict[Key, tuple[float, str]] = {}  # (model, version) -> (monotonic time, why)
+        self._production: dict[int, Served] = {}  # model id -> the version its requests get by default
         self._view: RegistryView | None = None
         self._registry_error: str | None = None  # why the registry could not be read, until it can
         self._stopped = False
@@ -117,9 +137,9 @@ class InferenceService:
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Read the production alias, then watch it; the first load runs in the background."""
+        """Read the production aliases, then watch them; the first loads run in the background."""
         self._loop = asyncio.get_running_loop()
-        try:  # so readiness knows at once whether there is a model to wait for
+        try:  # so readiness knows at once whether there are models to wait for
             view = await asyncio.wait_for(asyncio.to_thread(self._read_registry), STARTUP_READ_TIMEOUT_S)
         except Exception as err:  # the database may not be ready yet: the watcher keeps trying
             self._registry_error = _registry_problem(err)
@@ -138,118 +158,152 @@ class InferenceService:
             self._stopped = True
             retiring = list(self._cache.values())
             self._cache.clear()
-            self._production = None
+            self._production.clear()
             closing = [s for s in retiring if self._retire_locked(s)]
         for served in closing:
             served.batcher.close(wait=False)
         self._loader.shutdown(wait=False, cancel_futures=True)
 
     def refresh(self) -> None:
-        """Look at the production alias now instead of at the next poll (callable from any thread)."""
+        """Look at the production aliases now instead of at the next poll (callable from any thread)."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake.set)
 
     # --- serving -----------------------------------------------------------------------------
-    async def predict(self, image: Image.Image, version: str | int | None = None) -> Segmentation:
-        """Segment one image with ``version`` (number or alias; None: production).
+    async def predict(self, model_id: int, image: Image.Image, version: str | int | None = None) -> Segmentation:
+        """Segment one image with the model's ``version`` (number or alias; None: production).
 
         Raises VersionNotFound, NoModelYet, NoProductionVersion or ModelUnavailable.
         """
-        async with self.lease(version) as served:
+        async with self.lease(model_id, version) as served:
             mask = await served.batcher.submit(image)
-            return Segmentation(served.version, mask, served.predictor.class_names)
+            predictor = served.predictor
+            return Segmentation(predictor.spec.model_name, served.version, mask, predictor.class_names)
 
     @contextlib.asynccontextmanager
-    async def lease(self, version: str | int | None = None) -> AsyncIterator[Served]:
-        """The loaded ``version`` (loading it if needed), kept open until the block ends."""
-        served = await self._acquire(version)
+    async def lease(self, model_id: int, version: str | int | None = None) -> AsyncIterator[Served]:
+        """The model's loaded ``version`` (loading it if needed), kept open until the block ends."""
+        served = await self._acquire(model_id, version)
         try:
             yield served
         finally:
             self._release(served)
 
-    def ready(self) -> tuple[bool, str]:
-        """(ready, what the service is doing): not ready while a production version exists but
-        none is loaded; ready with that said when nothing has been trained yet."""
-        with self._lock:
-            view, serving = self._view, self._production.version if self._production else None
-            failure = self._failed.get(view.production) if view and view.production is not None else None
-        if view is None:
-            return False, self._registry_error or "looking up the production model in the registry"
-        if view.production is None:
-            if not view.any_versions:
-                return True, f"{NO_MODEL_YET}: /segment answers 409 until a task produces a version"
-            return True, "no version is in production yet (promote one); /segment needs ?version=N meanwhile"
-        if serving == view.production:
-            return True, f"serving production model version {serving}"
-        problem = view.problem or (failure[1] if failure else f"loading model version {view.production}")
-        if serving is None:
-            return False, f"production model version {view.production} is not loaded: {problem}"
-        return True, f"serving model version {serving} while production moves to {view.production}: {problem}"
+    def ready(self) -> tuple[bool, str, dict[str, str]]:
+        """(ready, in a sentence, each model's production state by name).
 
-    def loaded_versions(self) -> list[int]:
-        """The versions in the cache, least recently used first."""
+        Not ready while the registry cannot be read at all, or while a model's production version
+        exists, fits the budget, and no version of that model serves by default yet (loading, or
+        failing to load). A model with no version, or none in production, is ready and says so."""
+        with self._lock:
+            view = self._view
+            serving = {m: s.version for m, s in self._production.items()}
+            failures = dict(self._failed)
+            loading = set(self._loading)
+        if view is None:
+            return False, self._registry_error or "looking up the production models in the registry", {}
+        notes: dict[str, str] = {}
+        waiting: list[str] = []
+        fits = len(serving) < self._budget  # another production version would be loaded
+        for m in sorted(view.models.values(), key=lambda m: m.name):
+            note, ok = self._model_state(m, serving.get(m.model_id), failures, loading, fits)
+            notes[m.name] = note
+            if not ok:
+                waiting.append(m.name)
+        if waiting:
+            return False, f"not serving yet: {', '.join(waiting)}", notes
+        if not view.models:
+            return True, "no model exists yet: create one with POST /models", notes
+        return True, f"{len(serving)} of {len(view.models)} model(s) loaded", notes
+
+    def _model_state(self, m: ModelView, serving: int | None, failures: dict[Key, tuple[float, str]],
+                     loading: set[Key], fits: bool) -> tuple[str, bool]:
+        if m.production is None:
+            if not m.has_versions:
+                return f"{NO_MODEL_YET}: segmenting answers 409 until a task produces one", True
+            return "no version is in production yet (set the production alias); ?version=N works meanwhile", True
+        if serving == m.production:
+            return f"serving production version {serving}", True
+        failure = failures.get((m.model_id, m.production))
+        problem = m.problem or (failure[1] if failure else None)
+        if serving is not None:
+            return (f"serving version {serving} while production moves to {m.production}: "
+                    f"{problem or 'loading'}"), True
+        if problem:
+            return f"production version {m.production} cannot be loaded: {problem}", False
+        if (m.model_id, m.production) in loading or fits:
+            return f"loading production version {m.production}", False
+        return (f"production version {m.production} is not loaded (STRATA_INFERENCE_MAX_LOADED={self._budget} "
+                "is full): it loads on its first request"), True
+
+    def loaded_versions(self) -> list[Key]:
+        """The (model id, version) pairs in the cache, least recently used first."""
         with self._lock:
             return list(self._cache)
 
     # --- leases ------------------------------------------------------------------------------
-    async def _acquire(self, ref: str | int | None) -> Served:
+    async def _acquire(self, model_id: int, ref: str | int | None) -> Served:
         if ref is None or ref == PRODUCTION:
-            return await self._acquire_production()
-        number = _version_number(ref)
+            return await self._acquire_production(model_id)
+        number = parse_version_number(ref)
         spec = None
-        if number is None:  # an alias other than production ("latest"): ask the registry
-            spec = await asyncio.to_thread(self._spec_of, ref)
+        if number is None:  # an alias other than production ("latest", "candidate"): ask the registry
+            spec = await asyncio.to_thread(self._spec_of, model_id, ref)
             number = spec.version
         for _ in range(ACQUIRE_ATTEMPTS):
-            served = self._acquire_cached(number)
+            served = self._acquire_cached((model_id, number))
             if served is not None:
                 return served
-            spec = spec or await asyncio.to_thread(self._spec_of, number)
+            spec = spec or await asyncio.to_thread(self._spec_of, model_id, number)
             await _wait(self._load(spec))
         raise ModelUnavailable(
             f"model version {number} was loaded but evicted again before it could answer: too many versions "
-            f"in use at once for STRATA_INFERENCE_CACHE_SIZE={self.settings.inference_cache_size}")
+            f"in use at once for STRATA_INFERENCE_MAX_LOADED={self._budget}")
 
-    async def _acquire_production(self) -> Served:
+    async def _acquire_production(self, model_id: int) -> Served:
         for _ in range(ACQUIRE_ATTEMPTS):
-            served = self._acquire_pointer()
+            served = self._acquire_pointer(model_id)
             if served is not None:
                 return served
-            # Nothing loaded yet (startup, or the first version just appeared): sync now and wait for it.
-            await self._sync_production()
-            served = self._acquire_pointer()
+            # Not loaded (startup, a first version, evicted over the budget): sync now and wait for it.
+            await self._sync_production(wanted=model_id)
+            served = self._acquire_pointer(model_id)
             if served is not None:
                 return served
             with self._lock:
-                view = self._view
-                failure = self._failed.get(view.production) if view and view.production is not None else None
+                view = self._view.models.get(model_id) if self._view else None
+                failure = self._failed.get((model_id, view.production)) if view and view.production else None
             if view is not None and view.production is None:
-                if not view.any_versions:
-                    raise NoModelYet(NO_MODEL_YET)
-                raise NoProductionVersion("no model version is in production yet: promote one, or pass ?version=N")
+                if not view.has_versions:
+                    raise NoModelYet(f"model {view.name!r}: {NO_MODEL_YET}")
+                raise NoProductionVersion(f"model {view.name!r} has no version in production yet: set its "
+                                          "production alias, or pass ?version=N")
             if view is not None and (view.problem or failure):
-                raise ModelUnavailable(
-                    f"the production model version {view.production} cannot be served: {view.problem or failure[1]}")
-        raise ModelUnavailable("the production model is not loaded yet; try again shortly")
+                raise ModelUnavailable(f"model {view.name!r}: the production version {view.production} cannot "
+                                       f"be served: {view.problem or failure[1]}")
+        raise ModelUnavailable("the production version is not loaded yet; try again shortly")
 
-    def _acquire_pointer(self) -> Served | None:
+    def _acquire_pointer(self, model_id: int) -> Served | None:
         with self._lock:
-            served = self._production
+            served = self._production.get(model_id)
             if served is None or served.closed:
                 return None
-            served.users += 1
+            self._use_locked(served)
             return served
 
-    def _acquire_cached(self, version: int) -> Served | None:
+    def _acquire_cached(self, key: Key) -> Served | None:
         with self._lock:
-            served = self._cache.get(version)
+            served = self._cache.get(key)
             if served is None or served.closed:
                 return None
-            self._cache.move_to_end(version)
-            served.users += 1
+            self._use_locked(served)
             return served
+
+    def _use_locked(self, served: Served) -> None:
+        served.users += 1
+        if self._cache.get(served.key) is served:
+            self._cache.move_to_end(served.key)
 
     def _release(self, served: Served) -> None:
         with self._lock:
@@ -263,15 +317,16 @@ class InferenceService:
     # --- loading -----------------------------------------------------------------------------
     def _load(self, spec: VersionSpec) -> Future:
         """A future of the loaded version: done at once when cached, shared while loading."""
+        key = spec.key
         future: Future = Future()
         with self._lock:
-            if spec.version in self._cache and not self._cache[spec.version].closed:
-                self._cache.move_to_end(spec.version)
-                future.set_result(self._cache[spec.version])
+            if key in self._cache and not self._cache[key].closed:
+                self._cache.move_to_end(key)
+                future.set_result(self._cache[key])
                 return future
-            if spec.version in self._loading:
-                return self._loading[spec.version]
-            failed = self._failed.get(spec.version)
+            if key in self._loading:
+                return self._loading[key]
+            failed = self._failed.get(key)
             if failed and time.monotonic() - failed[0] < self._retry_failed_after_s:
                 future.set_exception(ModelLoadError(failed[1]))
                 return future
@@ -279,53 +334,63 @@ class InferenceService:
                 future.set_exception(ModelUnavailable("the inference service is shutting down"))
                 return future
             future = self._loader.submit(self._load_now, spec)
-            self._loading[spec.version] = future
-            future.add_done_callback(lambda f, v=spec.version: f.cancelled() and self._forget_loading(v, f))
+            self._loading[key] = future
+            future.add_done_callback(lambda f, k=key: f.cancelled() and self._forget_loading(k, f))
         return future
 
-    def _forget_loading(self, version: int, future: Future) -> None:
+    def _forget_loading(self, key: Key, future: Future) -> None:
         with self._lock:
-            if self._loading.get(version) is future:
-                del self._loading[version]
+            if self._loading.get(key) is future:
+                del self._loading[key]
 
     def _load_now(self, spec: VersionSpec) -> Served:
         """In a loader thread: download, load, warm up; then insert into the cache."""
+        key = spec.key
         try:
             predictor = Predictor.load(spec, self._store, self.settings.cache_dir, self.settings.inference_device)
         except Exception as err:
             message = str(err) if isinstance(err, ModelLoadError) else f"model version {spec.version}: {err}"
-            log.error("cannot load %s", message)
+            log.error("cannot load model %r %s", spec.model_name, message)
             with self._lock:
-                self._loading.pop(spec.version, None)
-                self._failed[spec.version] = (time.monotonic(), message)
+                self._loading.pop(key, None)
+                self._failed[key] = (time.monotonic(), message)
             raise ModelLoadError(message) from err
+        on_batch = (lambda size, name=spec.model_name: self._on_batch(name, size)) if self._on_batch else None
         batcher = DynamicBatcher(predictor.predict_batch, self.settings.inference_max_batch,
-                                 self.settings.inference_max_wait_ms, on_batch=self._on_batch,
-                                 name=f"strata-batcher-v{spec.version}")
+                                 self.settings.inference_max_wait_ms, on_batch=on_batch,
+                                 name=f"strata-batcher-m{spec.model_id}-v{spec.version}")
         served = Served(predictor, batcher)
         with self._lock:
-            self._loading.pop(spec.version, None)
-            self._failed.pop(spec.version, None)
+            self._loading.pop(key, None)
+            self._failed.pop(key, None)
             if self._stopped:
                 closing = [served] if self._retire_locked(served) else []
             else:
-                self._cache[spec.version] = served
+                self._cache[key] = served
                 closing = self._evict_locked(keep=served)
         for s in closing:
             s.batcher.close(wait=False)
         return served
 
     def _evict_locked(self, keep: Served | None = None) -> list[Served]:
-        """Drop least recently used versions past the cache size, never production nor ``keep`` (a
-        version just loaded for a request: so one more than the cache size may stay loaded for a
-        while). Returns those to close now; the others close when their last request ends."""
+        """Drop least recently used versions past the budget: other versions first, production
+        versions only when they alone fill it, never ``keep`` (a version just loaded for a request:
+        so one more than the budget may stay loaded for a while). Returns those to close now; the
+        others close when their last request ends."""
         closing = []
-        while len(self._cache) > self.settings.inference_cache_size:
-            victim = next((v for v, s in self._cache.items() if s is not self._production and s is not keep), None)
+        while len(self._cache) > self._budget:
+            pinned = {id(s) for s in self._production.values()}
+            candidates = [k for k, s in self._cache.items() if s is not keep]
+            victim = next((k for k in candidates if id(self._cache[k]) not in pinned), None)
+            if victim is None:
+                victim = next(iter(candidates), None)
             if victim is None:
                 break
             served = self._cache.pop(victim)
-            log.info("unloading model version %s (cache size %s)", victim, self.settings.inference_cache_size)
+            if self._production.get(victim[0]) is served:
+                del self._production[victim[0]]  # loaded again on its model's next request
+            log.info("unloading model %r version %s (STRATA_INFERENCE_MAX_LOADED=%s)",
+                     served.predictor.spec.model_name, victim[1], self._budget)
             if self._retire_locked(served):
                 closing.append(served)
         return closing
@@ -339,7 +404,7 @@ class InferenceService:
             return True
         return False
 
-    # --- the production pointer ------------------------------------------------------------------
+    # --- the production pointers ------------------------------------------------------------------
     async def _watch(self) -> None:
         while True:
             try:
@@ -353,60 +418,86 @@ class InferenceService:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
             self._wake.clear()
 
-    async def _sync_production(self) -> None:
-        """Read the alias; when it moved, load the new version (off the loop), then swap."""
+    async def _sync_production(self, wanted: int | None = None) -> None:
+        """Read the aliases; load each model's production version where it moved (a hot swap), where
+        a request wants it (``wanted``), or where the budget has room, then swap the pointers."""
         async with self._sync_lock:
             view = await asyncio.to_thread(self._read_registry)
             with self._lock:
                 self._view, self._registry_error = view, None
-                if view.production is None:
-                    self._production = None  # the alias is gone: nothing to serve by default
-                    return
-                if self._production is not None and self._production.version == view.production:
-                    return
-            if view.spec is None:
-                return
-            try:
-                served = await _wait(self._load(view.spec))
-            except ModelUnavailable:
-                return  # recorded in _failed; ready() and requests report it; retried later
-            with self._lock:
-                if served.closed:
-                    return  # evicted meanwhile (tiny cache): the next sync loads it again
-                previous, self._production = self._production, served
-                if served.version in self._cache:
-                    self._cache.move_to_end(served.version)
-                closing = self._evict_locked()
-            for s in closing:
-                s.batcher.close(wait=False)
-            log.info("production model: version %s now serves (was %s)", served.version,
+                for model_id in [m for m in self._production if m not in view.models or
+                                 view.models[m].production is None]:
+                    del self._production[model_id]  # the alias or the model is gone: nothing by default
+                gone = [k for k in self._cache if k[0] not in view.models]  # a deleted model's versions
+                closing = [s for s in (self._cache.pop(k) for k in gone) if self._retire_locked(s)]
+                todo = self._to_load_locked(view, wanted)
+            for served in closing:
+                served.batcher.close(wait=False)
+            loads = [(m, self._load(m.spec)) for m in todo]
+            for m, future in loads:
+                try:
+                    served = await _wait(future)
+                except ModelUnavailable:
+                    continue  # recorded in _failed; ready() and requests report it; retried later
+                self._swap(m, served)
+
+    def _to_load_locked(self, view: RegistryView, wanted: int | None) -> list[ModelView]:
+        """Models whose production moved (a swap), the one a request waits for, then others while
+        the budget has room for more production versions (other versions make way for them)."""
+        room = self._budget - len(self._production)
+        todo = []
+        for m in sorted(view.models.values(), key=lambda m: m.model_id):
+            if m.production is None or m.spec is None:
+                continue
+            current = self._production.get(m.model_id)
+            if current is not None:
+                if current.version != m.production:
+                    todo.append(m)
+            elif m.model_id == wanted or (room > 0 and (m.model_id, m.production) not in self._failed):
+                todo.append(m)
+                room -= 1
+        return todo
+
+    def _swap(self, m: ModelView, served: Served) -> None:
+        with self._lock:
+            if served.closed:
+                return  # evicted meanwhile (tiny budget): the next sync or request loads it again
+            previous = self._production.get(m.model_id)
+            self._production[m.model_id] = served
+            if served.key in self._cache:
+                self._cache.move_to_end(served.key)
+            closing = self._evict_locked()
+        for s in closing:
+            s.batcher.close(wait=False)
+        if previous is not served:
+            log.info("model %r: production version %s now serves (was %s)", m.name, served.version,
                      previous.version if previous else "none")
 
     def _read_registry(self) -> RegistryView:
         with self._sessions() as session:
-            version = production_version(session)
-            if version is None:
-                any_versions = session.scalar(select(ModelVersion.version).limit(1)) is not None
-                return RegistryView(None, any_versions)
-            row = get_version(session, version)
-            try:
-                return RegistryView(version, True, VersionSpec.from_row(row))
-            except ModelLoadError as err:
-                return RegistryView(version, True, None, str(err))
+            models = session.execute(select(Model.id, Model.name)).all()
+            productions = production_versions(session)
+            with_versions = set(session.scalars(select(ModelVersion.model_id).distinct()))
+            views = {}
+            for model_id, name in models:
+                version = productions.get(model_id)
+                spec, problem = None, None
+                if version is not None:
+                    try:
+                        spec = VersionSpec.from_row(get_version(session, model_id, version), name)
+                    except ModelLoadError as err:
+                        problem = str(err)
+                views[model_id] = ModelView(model_id, name, version, model_id in with_versions, spec, problem)
+            return RegistryView(views)
 
-    def _spec_of(self, ref: str | int) -> VersionSpec:
+    def _spec_of(self, model_id: int, ref: str | int) -> VersionSpec:
         with self._sessions() as session:
-            return VersionSpec.from_row(resolve_version(session, ref))
+            name = session.get(Model, model_id).name
+            return VersionSpec.from_row(resolve_version(session, model_id, ref), name)
 
 
 def _registry_problem(err: Exception) -> str:
-    return f"cannot read the production alias: {type(err).__name__}: {err or 'timed out'}"[:500]
-
-
-def _version_number(ref: str | int) -> int | None:
-    if isinstance(ref, int):
-        return ref
-    return int(ref) if ref.isdigit() else None
+    return f"cannot read the production aliases: {type(err).__name__}: {err or 'timed out'}"[:500]
 
 
 async def _wait(future: Future) -> Served:

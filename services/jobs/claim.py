@@ -6,7 +6,8 @@ same task id to a worker more than once; ``claim`` makes that safe:
 - a task another live worker is running is "not ready": retried later, and taken over once
   that worker is gone;
 - a task whose predecessor has not finished is "not ready" (the worker retries later), because
-  the steps of one lineage run one at a time, in order.
+  the steps of one model run one at a time, in order. Tasks of different models never wait for
+  each other: a task's predecessor is the newest pending task of its own model at registration.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ClaimResult:
     claim: Claim
     reason: str
     parent_version: int | None = None
+    model_id: int | None = None  # the task's model (None: no such task)
 
 
 def resolve_parent(session: Session, task: Task) -> tuple[bool, int | None]:
@@ -62,16 +64,18 @@ def claim(session: Session, task_id: str, me: str) -> ClaimResult:
     task = session.get(Task, task_id, with_for_update=True)
     if task is None:
         return ClaimResult(Claim.SKIP, f"task {task_id} does not exist")
+    model = task.model_id
     if task.status in lifecycle.FINISHED:
-        return ClaimResult(Claim.SKIP, f"task {task_id} is already {task.status}")
+        return ClaimResult(Claim.SKIP, f"task {task_id} is already {task.status}", model_id=model)
     if task.cancel_requested:
         lifecycle.cancel(session, task, "cancelled before training started")
-        return ClaimResult(Claim.SKIP, f"task {task_id} was cancelled")
+        return ClaimResult(Claim.SKIP, f"task {task_id} was cancelled", model_id=model)
     if task.status == TaskStatus.RUNNING and any(r.hostname != me and is_alive(r) for r in holders(session, task.id)):
         # Not SKIP: if that worker dies, this message is what brings the task back.
-        return ClaimResult(Claim.NOT_READY, f"task {task_id} is running on another live worker")
+        return ClaimResult(Claim.NOT_READY, f"task {task_id} is running on another live worker", model_id=model)
     ready, parent = resolve_parent(session, task)
     if not ready:
-        return ClaimResult(Claim.NOT_READY, f"task {task_id} waits for {ResolvedSpec.of(task).after_task_id}")
+        return ClaimResult(Claim.NOT_READY, f"task {task_id} waits for {ResolvedSpec.of(task).after_task_id}",
+                           model_id=model)
     lifecycle.start(task, parent)
-    return ClaimResult(Claim.RUN, "claimed", parent)
+    return ClaimResult(Claim.RUN, "claimed", parent, model_id=model)

@@ -31,10 +31,10 @@ def get_task(session: Session, task_id: str, *, for_update: bool = False) -> Tas
     return task
 
 
-def queue(session: Session, task_id: str, spec: ResolvedSpec, parent_version: int | None, *,
+def queue(session: Session, model_id: int, task_id: str, spec: ResolvedSpec, parent_version: int | None, *,
           idempotency_key: str | None, request_sha256: str) -> Task:
-    """A new task, queued (its classes and items are the registration's to add)."""
-    task = Task(id=task_id, kind="train", status=TaskStatus.QUEUED.value, spec=spec.stored(),
+    """A new task of a model, queued (its classes and items are the registration's to add)."""
+    task = Task(id=task_id, model_id=model_id, kind="train", status=TaskStatus.QUEUED.value, spec=spec.stored(),
                 idempotency_key=idempotency_key, request_sha256=request_sha256, parent_version=parent_version)
     session.add(task)
     return task
@@ -97,4 +97,5 @@ def request_cancel(session: Session, task_id: str) -> bool:
 
 
 def _release_classes(session: Session, task: Task) -> None:
-    session.execute(delete(SemanticClass).where(SemanticClass.task_id == task.id))
+    session.execute(delete(SemanticClass).where(SemanticClass.model_id == task.model_id,
+                                                SemanticClass.task_id == task.id))

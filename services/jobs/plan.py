@@ -28,6 +28,7 @@ class ItemRef:
 
 @dataclass(frozen=True)
 class ParentRef:
+    model_id: int
     version: int
     architecture: str
     class_map: dict[int, str]
@@ -49,6 +50,7 @@ class ScoringTask:
 @dataclass(frozen=True)
 class StepPlan:
     task_id: str
+    model_id: int
     spec: ResolvedSpec
     parent: ParentRef | None
     architecture: str
@@ -79,30 +81,31 @@ def items_of(session: Session, task_id: str, split: Split | str) -> list[ItemRef
 def build_plan(session: Session, task_id: str, parent_version: int | None) -> StepPlan:
     task = session.get(Task, task_id)
     spec = ResolvedSpec.of(task)
-    chain = lineage(session, parent_version) if parent_version is not None else []
+    chain = lineage(session, task.model_id, parent_version) if parent_version is not None else []
     parent = None
     if chain:
         row = chain[-1]
-        parent = ParentRef(row.version, row.architecture, {int(k): v for k, v in row.class_map.items()},
+        parent = ParentRef(row.model_id, row.version, row.architecture, {int(k): v for k, v in row.class_map.items()},
                            row.checkpoint_key, row.checkpoint_sha256, depth=len(chain))
         class_map = {**parent.class_map}
         architecture = parent.architecture
     else:
         class_map = {BACKGROUND_INDEX: BACKGROUND_NAME}
-        architecture = spec.model
+        architecture = spec.architecture
     class_map.update({i: name for name, i in spec.assigned_classes.items()})
     root_task = chain[0].task_id if chain else task.id  # the lineage's first task: where background is scored
     return StepPlan(
-        task_id=task.id, spec=spec, parent=parent, architecture=architecture,
+        task_id=task.id, model_id=task.model_id, spec=spec, parent=parent, architecture=architecture,
         class_map=dict(sorted(class_map.items())),
         train_items=items_of(session, task.id, Split.TRAIN),
-        scoring=_scoring_tasks(session, class_map, root_task),
+        scoring=_scoring_tasks(session, task.model_id, class_map, root_task),
     )
 
 
-def _scoring_tasks(session: Session, class_map: dict[int, str], root_task: str) -> list[ScoringTask]:
+def _scoring_tasks(session: Session, model_id: int, class_map: dict[int, str], root_task: str) -> list[ScoringTask]:
     introduced: dict[str, list[int]] = {}
-    rows = session.scalars(select(SemanticClass).where(SemanticClass.id.in_(list(class_map))))
+    rows = session.scalars(select(SemanticClass).where(SemanticClass.model_id == model_id,
+                                                       SemanticClass.id.in_(list(class_map))))
     for row in rows:
         if row.task_id is not None:
             introduced.setdefault(row.task_id, []).append(row.id)

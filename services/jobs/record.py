@@ -32,12 +32,12 @@ def record_step(ctx: JobContext, plan: StepPlan, model: SegModel, scores: Mappin
     """Upload the model and record its version; returns the version number (another attempt's, when
     that one recorded this task's version first)."""
     with session_scope(ctx.sessions) as session:
-        version = next_version_number(session)
+        version = next_version_number(session, plan.model_id)
     local = training_dir(ctx.settings.cache_dir, plan.task_id) / "model.pt"
     meta = {"task_id": plan.task_id, "version": version, "parent": plan.parent.version if plan.parent else None,
             "class_indices": sorted(plan.class_map)}
     digest = save_model(local, model, channel_names(plan.class_map), meta)
-    key = checkpoint_key(version, digest)
+    key = checkpoint_key(plan.model_id, version, digest)
     info = ctx.store.put_file(key, local)
     try:
         with session_scope(ctx.sessions) as session:

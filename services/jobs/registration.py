@@ -1,9 +1,9 @@
-"""Registering a training task with its data, all or nothing (``POST /tasks``).
+"""Registering a training task of a model with its data, all or nothing (``POST /models/{name}/tasks``).
 
-Order: replay check (``Idempotency-Key``), spec, class names against the database, every file
-validated (images decoded, masks converted to local index form) -- and only then the bytes are
-stored under ``datasets/{task_id}/`` and ONE transaction writes the task, its classes and its
-dataset items. If anything fails after the first byte was stored, the task's prefix is deleted
+Order: replay check (``Idempotency-Key``), spec, class names against the model's classes, every
+file validated (images decoded, masks converted to local index form) -- and only then the bytes are
+stored under ``models/{model_id}/datasets/{task_id}/`` and ONE transaction writes the task, its
+classes and its dataset items. If anything fails after the first byte was stored, the task's prefix is deleted
 and the transaction rolled back: a rejected request leaves no rows and no objects behind.
 
 Queue-free: the caller sends the task to the workers after ``register_task`` returns a created one.
@@ -35,7 +35,7 @@ from services.data.upload import (
     pair_files,
     prepare_items,
 )
-from services.db.models import DatasetItem, ModelVersion, SemanticClass, Split, Task, new_task_id
+from services.db.models import DatasetItem, Model, ModelVersion, SemanticClass, Split, Task, new_task_id
 from services.db.session import session_scope
 from services.jobs import lifecycle
 from services.jobs.errors import IdempotencyMismatch, RegistrationConflict
@@ -43,6 +43,7 @@ from services.jobs.spec import ResolvedSpec, TaskSpec, parse_spec
 from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, MAX_CLASS_INDEX
 from services.learning.names import DEFAULT_ARCHITECTURE, DEFAULT_METHOD
 from services.registry.aliases import production_version
+from services.registry.models import get_model
 from services.storage import InvalidKey, ObjectInfo, ObjectStore
 from services.storage.keys import dataset_image_key, dataset_mask_key, dataset_prefix
 
@@ -81,9 +82,10 @@ class Registration:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What the database says about a new task: its resolved spec (class indices not assigned
-    yet) and where it sits in the lineage."""
+    """What the database says about a new task: its model, its resolved spec (class indices not
+    assigned yet) and where it sits in the model's lineage."""
 
+    model: Model
     spec: ResolvedSpec
     parent_version: int | None
 
@@ -98,49 +100,50 @@ class _Stored:
 
 
 # --- the whole registration ------------------------------------------------------------------
-def register_task(sessions: sessionmaker[Session], store: ObjectStore, received: Received, workdir: Path,
-                  limits: IngestLimits, *, idempotency_key: str | None = None) -> Registration:
+def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_name: str, received: Received,
+                  workdir: Path, limits: IngestLimits, *, idempotency_key: str | None = None) -> Registration:
     """Validate ``received`` (a ``spec`` text and files ``images`` + ``masks`` or one ``archive``),
-    store it and record a queued task. Raises UploadRejected naming what is wrong (file, field),
-    or RegistrationConflict when the service's state forbids it."""
+    store it and record a queued task of the model ``model_name``. Raises UploadRejected naming
+    what is wrong (file, field), ModelNotFound, or RegistrationConflict when the model's state
+    forbids it."""
     if idempotency_key is not None:
         with session_scope(sessions) as session:
-            earlier = replay(session, idempotency_key, received.sha256)
+            earlier = replay(session, get_model(session, model_name), idempotency_key, received.sha256)
         if earlier is not None:
             return Registration(earlier.id, created=False)
     spec = parse_spec(received.texts.get("spec"))
     with session_scope(sessions) as session:
-        plan(session, spec)  # fail fast on names and model, before the slow part
+        model_id = plan(session, model_name, spec).model.id  # fail fast on names and architecture
     items = prepare_items(collect_pairs(received, workdir, limits), mask_format(spec), limits.max_pixels,
                           workdir / "masks")
     task_id = new_task_id()
-    keys = [_keys(task_id, item) for item in items]
+    keys = [_keys(model_id, task_id, item) for item in items]
     try:
         stored = _store_all(store, items, keys)
         with session_scope(sessions) as session:
-            _record(session, task_id, spec, stored, idempotency_key, received.sha256)
+            _record(session, model_name, task_id, spec, stored, idempotency_key, received.sha256)
         return Registration(task_id, created=True)
     except _Replayed as race:  # a concurrent request with the same key committed first
-        _clean_up(store, task_id)
+        _clean_up(store, model_id, task_id)
         return Registration(race.task_id, created=False)
     except BaseException:
-        _clean_up(store, task_id)
+        _clean_up(store, model_id, task_id)
         raise
 
 
-def replay(session: Session, key: str, request_sha256: str) -> Task | None:
-    """The task an earlier request with this Idempotency-Key created (same body), or None."""
+def replay(session: Session, model: Model, key: str, request_sha256: str) -> Task | None:
+    """The task an earlier request with this Idempotency-Key created (same model and body), or None."""
     task = session.scalars(select(Task).where(Task.idempotency_key == key)).one_or_none()
-    if task is not None and task.request_sha256 != request_sha256:
+    if task is not None and (task.request_sha256 != request_sha256 or task.model_id != model.id):
         raise IdempotencyMismatch(
             f"Idempotency-Key {key!r} was already used for a different request (task {task.id}); "
             "use a new key for a new request")
     return task
 
 
-def _clean_up(store: ObjectStore, task_id: str) -> None:
+def _clean_up(store: ObjectStore, model_id: int, task_id: str) -> None:
     try:
-        store.delete_prefix(dataset_prefix(task_id))
+        store.delete_prefix(dataset_prefix(model_id, task_id))
     except Exception:  # the original error matters more; the objects are unreferenced either way
         log.exception("could not delete the objects of rejected task %s", task_id)
 
@@ -164,9 +167,10 @@ def mask_format(spec: TaskSpec) -> MaskFormat:
     return MaskFormat(spec.local_names, dict(spec.palette) if spec.mask_format == "palette" else None)
 
 
-def _keys(task_id: str, item: PreparedItem) -> tuple[str, str]:
+def _keys(model_id: int, task_id: str, item: PreparedItem) -> tuple[str, str]:
     try:
-        return dataset_image_key(task_id, item.stem, item.image_ext), dataset_mask_key(task_id, item.stem)
+        return (dataset_image_key(model_id, task_id, item.stem, item.image_ext),
+                dataset_mask_key(model_id, task_id, item.stem))
     except InvalidKey as err:
         raise UploadRejected(f"file {item.image.name!r} cannot be stored under its name: {err}") from None
 
@@ -201,28 +205,30 @@ def validation_stems(stems: Sequence[str], task_id: str, fraction: float) -> set
 
 
 # --- the database -------------------------------------------------------------------------------
-def plan(session: Session, spec: TaskSpec) -> _Plan:
-    """Check the spec against the service's state and resolve its defaults (no writes)."""
-    _check_names(session, spec)
-    pending = latest_pending(session)
-    production = production_version(session)
-    if pending is None and production is None and session.scalar(select(func.count()).select_from(ModelVersion)):
+def plan(session: Session, model_name: str, spec: TaskSpec) -> _Plan:
+    """Check the spec against the model's state and resolve its defaults (no writes)."""
+    model = get_model(session, model_name)
+    _check_names(session, model, spec)
+    pending = latest_pending(session, model.id)
+    production = production_version(session, model.id)
+    versions = session.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.model_id == model.id))
+    if pending is None and production is None and versions:
         # Versions exist but none is production (e.g. auto-promotion off): starting a new base
         # model here would silently drop every class learnt so far.
         raise RegistrationConflict(
-            "no version is in production, so there is nothing to add classes to: promote one first "
-            "(POST /models/{version}/promote)")
-    model = _resolve_model(session, spec.model, pending, production)
+            f"model {model.name!r} has no version in production, so there is nothing to add classes to: "
+            f"promote one first (PUT /models/{model.name}/aliases/production)")
+    architecture = _resolve_architecture(session, model, spec.architecture, pending, production)
     method = spec.method or DEFAULT_METHOD
     _check_weights(method, spec.hyperparameters.loss_weights())
-    resolved = ResolvedSpec.model_validate({**spec.model_dump(), "method": method, "model": model,
+    resolved = ResolvedSpec.model_validate({**spec.model_dump(), "method": method, "architecture": architecture,
                                             "after_task_id": pending.id if pending else None})
-    return _Plan(resolved, parent_version=None if pending else production)
+    return _Plan(model, resolved, parent_version=None if pending else production)
 
 
-def latest_pending(session: Session) -> Task | None:
-    """The newest queued or running training task: a new task queues behind it."""
-    stmt = select(Task).where(Task.kind == "train", Task.status.in_(lifecycle.PENDING))
+def latest_pending(session: Session, model_id: int) -> Task | None:
+    """The model's newest queued or running training task: a new task of the model queues behind it."""
+    stmt = select(Task).where(Task.model_id == model_id, Task.kind == "train", Task.status.in_(lifecycle.PENDING))
     return session.scalars(stmt.order_by(Task.created_at.desc(), Task.id.desc()).limit(1)).first()
 
 
@@ -235,37 +241,40 @@ def _check_weights(method: str, weights: dict[str, Any]) -> None:
         raise UploadRejected(f"invalid spec: hyperparameters: {err}") from None
 
 
-def _check_names(session: Session, spec: TaskSpec) -> None:
+def _check_names(session: Session, model: Model, spec: TaskSpec) -> None:
     wanted = [*spec.classes, *spec.also_labelled]
-    existing = set(session.scalars(select(SemanticClass.name).where(SemanticClass.name.in_(wanted))))
+    existing = set(session.scalars(select(SemanticClass.name).where(
+        SemanticClass.model_id == model.id, SemanticClass.name.in_(wanted))))
     taken = [c for c in spec.classes if c in existing]
     if taken:
         raise RegistrationConflict(
-            f"classes already exist: {listed(taken)}; a task adds new classes only "
+            f"model {model.name!r} already has classes {listed(taken)}; a task adds new classes only "
             "(list existing classes your masks label under also_labelled)")
     unknown = [c for c in spec.also_labelled if c not in existing]
     if unknown:
-        raise UploadRejected(f"also_labelled names classes that do not exist: {listed(unknown)}")
+        raise UploadRejected(f"also_labelled names classes that model {model.name!r} does not have: {listed(unknown)}")
 
 
-def _resolve_model(session: Session, asked: str | None, pending: Task | None, production: int | None) -> str:
-    """The architecture: free for the first task, inherited by every later one."""
-    current = _lineage_architecture(session, pending, production)
+def _resolve_architecture(session: Session, model: Model, asked: str | None, pending: Task | None,
+                          production: int | None) -> str:
+    """The architecture: free for the model's first task, inherited by every later one."""
+    current = _lineage_architecture(session, model.id, pending, production)
     if current is None:
         return asked or DEFAULT_ARCHITECTURE
     if asked is not None and asked != current:
         raise UploadRejected(
-            f"invalid spec: model: only the first task chooses the model; this service trains {current!r} "
-            "and later tasks inherit it (leave `model` out)")
+            f"invalid spec: architecture: only a model's first task chooses it; model {model.name!r} is a "
+            f"{current!r} and later tasks inherit it (leave `architecture` out, or create another model)")
     return current
 
 
-def _lineage_architecture(session: Session, pending: Task | None, production: int | None) -> str | None:
+def _lineage_architecture(session: Session, model_id: int, pending: Task | None, production: int | None) -> str | None:
     if pending is not None:
-        return ResolvedSpec.of(pending).model
+        return ResolvedSpec.of(pending).architecture
     if production is not None:
-        return session.get(ModelVersion, production).architecture
-    return session.scalars(select(ModelVersion.architecture).order_by(ModelVersion.version.desc())).first()
+        return session.get(ModelVersion, (model_id, production)).architecture
+    stmt = select(ModelVersion.architecture).where(ModelVersion.model_id == model_id)
+    return session.scalars(stmt.order_by(ModelVersion.version.desc())).first()
 
 
 def _lock_registrations(session: Session) -> None:
@@ -273,11 +282,11 @@ def _lock_registrations(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REGISTRATION_LOCK_KEY})
 
 
-def next_class_indices(session: Session, count: int) -> list[int]:
-    """``count`` fresh global indices: above every class id and every index any task was ever
-    assigned (a failed or cancelled task's indices stay burnt)."""
-    used = session.scalar(select(func.max(SemanticClass.id))) or 0
-    for task in session.scalars(select(Task)):
+def next_class_indices(session: Session, model_id: int, count: int) -> list[int]:
+    """``count`` fresh indices of the model: above every class id and every index any of its tasks
+    was ever assigned (a failed or cancelled task's indices stay burnt)."""
+    used = session.scalar(select(func.max(SemanticClass.id)).where(SemanticClass.model_id == model_id)) or 0
+    for task in session.scalars(select(Task).where(Task.model_id == model_id)):
         used = max([used, *ResolvedSpec.of(task).assigned_classes.values()])
     if used + count > MAX_CLASS_INDEX:
         raise RegistrationConflict(
@@ -286,22 +295,26 @@ def next_class_indices(session: Session, count: int) -> list[int]:
     return list(range(used + 1, used + 1 + count))
 
 
-def _record(session: Session, task_id: str, spec: TaskSpec, stored: Sequence[_Stored],
+def _record(session: Session, model_name: str, task_id: str, spec: TaskSpec, stored: Sequence[_Stored],
             idempotency_key: str | None, request_sha256: str) -> Task:
     """The task, its classes and its items, in the caller's transaction."""
     _lock_registrations(session)
-    earlier = replay(session, idempotency_key, request_sha256) if idempotency_key is not None else None
-    if earlier is not None:
-        raise _Replayed(earlier.id)
-    planned = plan(session, spec)  # again, under the lock: the state may have moved meanwhile
-    assigned = dict(zip(spec.classes, next_class_indices(session, len(spec.classes))))
+    if idempotency_key is not None:
+        earlier = replay(session, get_model(session, model_name), idempotency_key, request_sha256)
+        if earlier is not None:
+            raise _Replayed(earlier.id)
+    planned = plan(session, model_name, spec)  # again, under the lock: the state may have moved meanwhile
+    model = planned.model
+    assigned = dict(zip(spec.classes, next_class_indices(session, model.id, len(spec.classes))))
     resolved = planned.spec.model_copy(update={"assigned_classes": assigned})
-    task = lifecycle.queue(session, task_id, resolved, planned.parent_version,
+    task = lifecycle.queue(session, model.id, task_id, resolved, planned.parent_version,
                            idempotency_key=idempotency_key, request_sha256=request_sha256)
+    model.architecture = resolved.architecture
     session.flush()  # classes and items reference the task
-    if session.get(SemanticClass, BACKGROUND_INDEX) is None:
-        session.add(SemanticClass(id=BACKGROUND_INDEX, name=BACKGROUND_NAME, task_id=None))
-    session.add_all(SemanticClass(id=index, name=name, task_id=task_id) for name, index in assigned.items())
+    if session.get(SemanticClass, (model.id, BACKGROUND_INDEX)) is None:
+        session.add(SemanticClass(model_id=model.id, id=BACKGROUND_INDEX, name=BACKGROUND_NAME, task_id=None))
+    session.add_all(SemanticClass(model_id=model.id, id=index, name=name, task_id=task_id)
+                    for name, index in assigned.items())
     val = validation_stems([s.item.stem for s in stored], task_id, spec.val_fraction)
     session.add_all(_item_row(task_id, s, Split.VAL if s.item.stem in val else Split.TRAIN) for s in stored)
     session.flush()

@@ -45,7 +45,8 @@ def run_training_task(ctx: JobContext, task_id: str) -> str:
     if result.claim is Claim.NOT_READY:
         raise NotReady(result.reason)
     if result.claim is Claim.SKIP:
-        _clean_up(ctx, task_id)  # a cancelled or finished task may have left an epoch checkpoint
+        if result.model_id is not None:  # a cancelled or finished task may have left an epoch checkpoint
+            _clean_up(ctx, result.model_id, task_id)
         return result.reason
     with Heartbeat(ctx.sessions, ctx.settings.training_queue, task_id):
         try:
@@ -53,13 +54,13 @@ def run_training_task(ctx: JobContext, task_id: str) -> str:
                 plan = build_plan(session, task_id, result.parent_version)
             version = _train_and_record(ctx, plan)
         except TrainingCancelled as err:
-            _end(ctx, task_id, cancelled=str(err))
+            _end(ctx, result.model_id, task_id, cancelled=str(err))
             return f"task {task_id} cancelled"
         except Exception as err:
             log.exception("task %s failed", task_id)
-            _end(ctx, task_id, failed=f"{type(err).__name__}: {err}")
+            _end(ctx, result.model_id, task_id, failed=f"{type(err).__name__}: {err}")
             return f"task {task_id} failed: {err}"
-    _clean_up(ctx, task_id)
+    _clean_up(ctx, result.model_id, task_id)
     return f"task {task_id} produced version {version}"
 
 
@@ -68,9 +69,9 @@ def _train_and_record(ctx: JobContext, plan: StepPlan) -> int:
     cache = ctx.settings.cache_dir
     scoring = scoring_sets(ctx.store, cache, plan)  # fetched before the hours of training: fail early
     hooks = StepHooks(
-        checkpoint_dir=_restore_state(ctx, plan.task_id),
+        checkpoint_dir=_restore_state(ctx, plan.model_id, plan.task_id),
         on_progress=ProgressWriter(ctx.sessions, plan.task_id), should_cancel=CancelCheck(ctx.sessions, plan.task_id),
-        on_checkpoint=lambda path: ctx.store.put_file(training_state_key(plan.task_id), path),
+        on_checkpoint=lambda path: ctx.store.put_file(training_state_key(plan.model_id, plan.task_id), path),
     )
     result = run_step(config, _parent_model(ctx, plan), channel_names(plan.class_map),
                       train_set(ctx.store, cache, plan), [s for _, s in scoring], hooks)
@@ -83,28 +84,29 @@ def _parent_model(ctx: JobContext, plan: StepPlan) -> SegModel | None:
     if plan.parent is None:
         return None
     path = fetch(ctx.store, plan.parent.checkpoint_key, plan.parent.checkpoint_sha256,
-                 checkpoint_path(ctx.settings.cache_dir, plan.parent.version))
+                 checkpoint_path(ctx.settings.cache_dir, plan.parent.model_id, plan.parent.version))
     return load_model(path, expected_sha256=plan.parent.checkpoint_sha256).model
 
 
-def _restore_state(ctx: JobContext, task_id: str) -> Path:
+def _restore_state(ctx: JobContext, model_id: int, task_id: str) -> Path:
     """The local training dir, holding the newest epoch checkpoint (from the store if not here), so
     a task redelivered to another machine resumes too."""
     directory = training_dir(ctx.settings.cache_dir, task_id)
     local = directory / "last.pt"
-    key = training_state_key(task_id)
+    key = training_state_key(model_id, task_id)
     if not local.exists() and ctx.store.exists(key):
         directory.mkdir(parents=True, exist_ok=True)
         ctx.store.download(key, local)
     return directory
 
 
-def _end(ctx: JobContext, task_id: str, *, failed: str | None = None, cancelled: str | None = None) -> None:
+def _end(ctx: JobContext, model_id: int, task_id: str, *, failed: str | None = None,
+         cancelled: str | None = None) -> None:
     with session_scope(ctx.sessions) as session:
         lifecycle.end_attempt(session, task_id, failed=failed, cancelled=cancelled)
-    _clean_up(ctx, task_id)
+    _clean_up(ctx, model_id, task_id)
 
 
-def _clean_up(ctx: JobContext, task_id: str) -> None:
+def _clean_up(ctx: JobContext, model_id: int, task_id: str) -> None:
     shutil.rmtree(training_dir(ctx.settings.cache_dir, task_id), ignore_errors=True)
-    ctx.store.delete(training_state_key(task_id))
+    ctx.store.delete(training_state_key(model_id, task_id))

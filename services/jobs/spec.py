@@ -149,7 +149,8 @@ class TaskSpec(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=0.9,
                                 description="Share of images kept to score the new classes (at least one when > 0).")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    model: str | None = Field(None, description=f"Architecture, first task only: {', '.join(ARCHITECTURES)}.")
+    architecture: str | None = Field(None, description=(
+        f"The network, first task of a model only (later tasks inherit it): {', '.join(ARCHITECTURES)}."))
     mask_format: Literal["index", "palette"] = "index"
     palette: dict[str, Colour] | None = Field(
         None, description="mask_format 'palette': {class: [r, g, b]} for every class and also_labelled class.")
@@ -169,11 +170,19 @@ class TaskSpec(BaseModel):
                              "(joint needs every earlier step's images, which the service does not keep)")
         return v
 
-    @field_validator("model")
+    @model_validator(mode="before")
     @classmethod
-    def _model(cls, v: str | None, info: ValidationInfo) -> str | None:
+    def _renamed(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and "model" in data and _client_rules(info):
+            raise ValueError("`model` is now `architecture` (the model is the one named in the URL, "
+                             "/models/{name}/tasks)")
+        return data
+
+    @field_validator("architecture")
+    @classmethod
+    def _architecture(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and v not in ARCHITECTURES and _client_rules(info):
-            raise ValueError(f"unknown model {v!r}; choose one of {', '.join(ARCHITECTURES)}")
+            raise ValueError(f"unknown architecture {v!r}; choose one of {', '.join(ARCHITECTURES)}")
         return v
 
     @field_validator("palette")
@@ -233,7 +242,7 @@ class ResolvedSpec(TaskSpec):
     model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     method: str = Field(description="The method this task trains with (the default resolved).")
-    model: str = Field(description="The lineage's architecture.")
+    architecture: str = Field(description="The model's architecture.")
     after_task_id: str | None = Field(None, description="The task queued before this one: its version is the parent.")
     assigned_classes: dict[str, int] = Field(default_factory=dict, description="Global index of each new class.")
 
@@ -257,7 +266,7 @@ class ResolvedSpec(TaskSpec):
             method=self.method,
             train=TrainConfig(epochs=self.epochs, batch_size=self.batch_size, **hp.train_settings(), **train),
             loss_weights={} if first else hp.loss_weights(),  # a first step has nothing to distil
-            architecture=self.model, step_index=step_index,
+            architecture=self.architecture, step_index=step_index,
             **(hp.first_step_settings() if first else {}),
         )
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.db.models import DatasetItem, Split, Task, TaskStatus
+from services.db.models import DatasetItem, Model, Split, Task, TaskStatus
 from services.errors import InvalidInput
 from services.jobs.lifecycle import get_task
 from services.jobs.spec import ResolvedSpec
@@ -37,11 +37,12 @@ class ProgressView:
 @dataclass(frozen=True)
 class TaskView:
     id: str
+    model: str  # the model's name
     status: str
-    classes: dict[str, int]  # the classes this task adds: name -> global index
+    classes: dict[str, int]  # the classes this task adds: name -> index in the model
     also_labelled: list[str]
     method: str | None
-    model: str | None
+    architecture: str | None
     progress: ProgressView | None
     error: str | None
     model_version: int | None
@@ -56,19 +57,23 @@ class TaskView:
 
 def task_view(session: Session, task_id: str) -> TaskView:
     task = get_task(session, task_id)
-    return view_of(task, item_counts(session, [task.id]).get(task.id))
+    return view_of(task, item_counts(session, [task.id]).get(task.id), session.get(Model, task.model_id).name)
 
 
-def list_task_views(session: Session, status: str | None = None, limit: int = DEFAULT_LIMIT) -> list[TaskView]:
-    """Newest first, optionally only those with ``status``."""
+def list_task_views(session: Session, status: str | None = None, limit: int = DEFAULT_LIMIT, *,
+                    model_ids: Sequence[int] | None = None) -> list[TaskView]:
+    """Newest first, optionally only those with ``status``; ``model_ids``: only those models' tasks."""
     if status is not None and status not in set(TaskStatus):
         raise InvalidInput(f"unknown status {status!r}; choose one of {', '.join(s.value for s in TaskStatus)}")
     stmt = select(Task).order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
     if status is not None:
         stmt = stmt.where(Task.status == status)
+    if model_ids is not None:
+        stmt = stmt.where(Task.model_id.in_(list(model_ids)))
     tasks = list(session.scalars(stmt))
     counts = item_counts(session, [t.id for t in tasks])
-    return [view_of(t, counts.get(t.id)) for t in tasks]
+    names = dict(session.execute(select(Model.id, Model.name).where(Model.id.in_({t.model_id for t in tasks}))).all())
+    return [view_of(t, counts.get(t.id), names[t.model_id]) for t in tasks]
 
 
 def item_counts(session: Session, task_ids: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -83,12 +88,12 @@ def item_counts(session: Session, task_ids: Sequence[str]) -> dict[str, dict[str
     return out
 
 
-def view_of(task: Task, counts: Mapping[str, int] | None) -> TaskView:
+def view_of(task: Task, counts: Mapping[str, int] | None, model_name: str) -> TaskView:
     spec = ResolvedSpec.of(task)
     running = task.status == TaskStatus.RUNNING
     return TaskView(
-        id=task.id, status=task.status, classes=dict(spec.assigned_classes),
-        also_labelled=list(spec.also_labelled), method=spec.method, model=spec.model,
+        id=task.id, model=model_name, status=task.status, classes=dict(spec.assigned_classes),
+        also_labelled=list(spec.also_labelled), method=spec.method, architecture=spec.architecture,
         progress=progress_view(task.progress, spec.batch_size, task.updated_at, running=running),
         error=task.error, model_version=task.model_version, parent_version=task.parent_version,
         cancel_requested=task.cancel_requested, attempts=task.attempts, created_at=task.created_at, started_at=task.started_at,

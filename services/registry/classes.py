@@ -1,4 +1,4 @@
-"""The global classes (index, name, introducing task) and the fixed display palette."""
+"""A model's classes (index, name, introducing task) and the fixed display palette."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from services.db.models import SemanticClass
 from services.labels import BACKGROUND_INDEX, MAX_CLASS_INDEX
 
 
-def list_classes(session: Session) -> list[SemanticClass]:
-    """Every known class in index order (0 is background, introduced by no task)."""
-    return list(session.scalars(select(SemanticClass).order_by(SemanticClass.id)))
+def list_classes(session: Session, model_id: int) -> list[SemanticClass]:
+    """Every class of the model in index order (0 is background, introduced by no task)."""
+    stmt = select(SemanticClass).where(SemanticClass.model_id == model_id)
+    return list(session.scalars(stmt.order_by(SemanticClass.id)))
 
 
 def class_colour(index: int) -> tuple[int, int, int]:

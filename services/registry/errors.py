@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.errors import InvalidInput, NotFound
+from services.errors import Conflict, InvalidInput, NotFound
 
 
 class VersionNotFound(NotFound):
@@ -11,3 +11,7 @@ class VersionNotFound(NotFound):
 
 class InvalidVersionRecord(InvalidInput):
     """``record_version`` got inconsistent data (class map, metrics, old/new classes)."""
+
+
+class VersionInUse(Conflict):
+    """The version cannot be deleted: it is in production, has descendants, or a task may start from it."""

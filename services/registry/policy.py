@@ -3,12 +3,12 @@
 A new version is promoted when ALL of these hold (otherwise it waits as a candidate, and the
 decision's ``reasons`` say which check failed, with the numbers):
 
-1. ``STRATA_AUTO_PROMOTE`` is on.
+1. Automatic promotion is on: the model's ``auto_promote`` where set, else ``STRATA_AUTO_PROMOTE``.
 2. Production has not moved under it: no version is in production, or production is the new
    version's parent (it was trained from what is being served). If somebody promoted or rolled
    back while it trained, replacing their choice automatically would undo a human decision.
 3. Forgetting is bounded (versions with a parent only): no old class (a class of the parent) lost
-   more than ``STRATA_PROMOTE_MAX_OLD_MIOU_DROP`` IoU points against the parent, and neither did
+   more than the model's ``promote_max_old_miou_drop`` (default ``STRATA_PROMOTE_MAX_OLD_MIOU_DROP``) IoU points against the parent, and neither did
    the mean IoU over the old classes (the mean of those per-class drops, over classes scored in
    both versions; a mean never exceeds its worst term, so this check is reported for its number
    and cannot fail on its own). If no old class could be compared at all, forgetting is unmeasured and the
@@ -21,7 +21,7 @@ current settings and the current production alias.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from services.config import Settings
@@ -35,14 +35,32 @@ POINTS_PER_IOU = 100.0
 ClassIous = Mapping[int, float | None]
 
 
+AUTO_PROMOTE_SETTING = "STRATA_AUTO_PROMOTE=false"
+MAX_DROP_SETTING = "STRATA_PROMOTE_MAX_OLD_MIOU_DROP"
+MODEL_SETTING = "the model's {}"
+
+
 @dataclass(frozen=True)
 class PromotionPolicy:
     auto_promote: bool
     max_old_drop_points: float
+    # Where each value comes from, as the messages name it: the service's variable or the model's field.
+    auto_promote_source: str = AUTO_PROMOTE_SETTING
+    max_old_drop_source: str = MAX_DROP_SETTING
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PromotionPolicy":
         return cls(settings.auto_promote, settings.promote_max_old_miou_drop)
+
+    def overridden(self, *, auto_promote: bool | None, max_old_drop_points: float | None) -> "PromotionPolicy":
+        """This policy with a model's own settings (None: keep this one's)."""
+        policy = self
+        if auto_promote is not None:
+            policy = replace(policy, auto_promote=auto_promote, auto_promote_source=MODEL_SETTING.format("auto_promote: false"))
+        if max_old_drop_points is not None:
+            policy = replace(policy, max_old_drop_points=max_old_drop_points,
+                             max_old_drop_source=MODEL_SETTING.format("promote_max_old_miou_drop"))
+        return policy
 
 
 @dataclass(frozen=True)
@@ -105,7 +123,7 @@ def decide(policy: PromotionPolicy, c: Candidate) -> PromotionDecision:
 def _check_switch(policy: PromotionPolicy) -> tuple[bool, str]:
     if policy.auto_promote:
         return True, "automatic promotion is on"
-    return False, "automatic promotion is off (STRATA_AUTO_PROMOTE=false): promote it by hand"
+    return False, f"automatic promotion is off ({policy.auto_promote_source}): promote it by hand"
 
 
 def _check_lineage(c: Candidate) -> tuple[bool, str]:
@@ -135,7 +153,7 @@ def _check_forgetting(policy: PromotionPolicy, c: Candidate, drops: dict[int, fl
     too_far = sorted((k for k, d in drops.items() if d > limit + TOLERANCE_POINTS), key=lambda k: -drops[k])
     for k in too_far:
         checks.append((False, f"old class {c.name(k)} lost {drops[k]:.2f} IoU points against v{c.parent} "
-                              f"(limit {limit:g}, STRATA_PROMOTE_MAX_OLD_MIOU_DROP)"))
+                              f"(limit {limit:g}, {policy.max_old_drop_source})"))
     if drops and not too_far:
         worst = max(drops, key=drops.__getitem__)
         checks.append((True, f"no old class lost more than {limit:g} IoU points against v{c.parent} "

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from services.config import Settings
-from services.db.models import ModelVersion
+from services.db.models import Model, ModelVersion
 from services.evaluation.metrics import forgetting
 from services.registry.aliases import PRODUCTION, aliases_by_version, get_alias
-from services.registry.policy import Candidate, PromotionDecision, PromotionPolicy, decide
+from services.registry.models import promotion_policy
+from services.registry.policy import Candidate, PromotionDecision, decide
 from services.registry.versions import ious_of, lineage, resolve_version
 
 
@@ -38,24 +39,24 @@ class VersionReport:
     promotion: PromotionDecision
 
 
-def describe_version(session: Session, settings: Settings, ref: str | int) -> VersionReport:
-    """The report of a version given by number or alias; VersionNotFound if there is none."""
-    row = resolve_version(session, ref)
-    chain = lineage(session, row.version)
+def describe_version(session: Session, settings: Settings, model: Model, ref: str | int) -> VersionReport:
+    """The report of a version of ``model`` given by number or alias; VersionNotFound if there is none."""
+    row = resolve_version(session, model.id, ref)
+    chain = lineage(session, model.id, row.version)
     parent = chain[-2] if len(chain) > 1 else None
     old = sorted(int(k) for k in parent.class_map) if parent else []
     ious, parent_ious = ious_of(row), ious_of(parent) if parent else {}
     names = {int(k): v for k, v in row.class_map.items()}
-    production = get_alias(session, PRODUCTION)
+    production = get_alias(session, model.id, PRODUCTION)
     candidate = Candidate(row.version, row.parent_version, production, old, ious, parent_ious, names)
     return VersionReport(
         version=row,
         lineage=[v.version for v in chain],
         classes=_class_reports(row, chain, set(old)),
-        aliases=aliases_by_version(session).get(row.version, []),
+        aliases=aliases_by_version(session, model.id).get(row.version, []),
         # The decision taken when the version was recorded; older rows have none stored.
         promotion=(PromotionDecision.from_dict(row.promotion) if row.promotion
-                   else decide(PromotionPolicy.from_settings(settings), candidate)),
+                   else decide(promotion_policy(settings, model), candidate)),
     )
 
 

@@ -1,4 +1,6 @@
-"""Model versions: listing, lookup, lineage, and recording a newly trained version.
+"""Model versions: listing, lookup, lineage, recording a newly trained version and deleting one.
+
+Version numbers count 1, 2, ... within each model; every function takes the model's id.
 
 ``record_version`` is what the worker calls inside its ONE final transaction: it stores the
 version and its per-class metrics, computes mIoU old/new/all and forgetting against the parent,
@@ -9,21 +11,25 @@ trace of the version is left).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from services.config import Settings, get_settings
-from services.db.models import ClassMetric, ModelVersion, SemanticClass, Task
+from services.db.models import Alias, ClassMetric, Model, ModelVersion, SemanticClass, Task, TaskStatus
 from services.evaluation.metrics import forgetting_vs, iou_from_counts, mean
 from services.registry.aliases import LATEST, PRODUCTION, get_alias, set_alias
-from services.registry.errors import InvalidVersionRecord, VersionNotFound
-from services.registry.policy import Candidate, PromotionDecision, PromotionPolicy, decide
+from services.registry.errors import InvalidVersionRecord, VersionInUse, VersionNotFound
+from services.registry.models import promotion_policy
+from services.registry.policy import Candidate, PromotionDecision, decide
 
 IOU_TOLERANCE = 1e-6
 Score = tuple[float | None, int, int, int]  # (iou or None, tp, fp, fn)
+MAX_VERSION = 2**31 - 1  # the column is a 32-bit integer on every database
+_NUMBER = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also accepts '²'
 
 
 def ious_of(version: ModelVersion) -> dict[int, float | None]:
@@ -35,54 +41,104 @@ def _mean_of(ious: Mapping[int, float | None], classes: Iterable[int]) -> float 
     return mean(ious.get(c) for c in classes)
 
 
-def list_versions(session: Session) -> list[ModelVersion]:
-    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.version)))
+def list_versions(session: Session, model_id: int) -> list[ModelVersion]:
+    stmt = select(ModelVersion).where(ModelVersion.model_id == model_id)
+    return list(session.scalars(stmt.order_by(ModelVersion.version)))
 
 
-def get_version(session: Session, version: int) -> ModelVersion:
-    row = session.get(ModelVersion, version)
+def get_version(session: Session, model_id: int, version: int) -> ModelVersion:
+    row = session.get(ModelVersion, (model_id, version)) if 1 <= version <= MAX_VERSION else None
     if row is None:
-        raise VersionNotFound(f"model version {version} does not exist ({_known(session)})")
+        raise VersionNotFound(f"model version {version} does not exist ({_known(session, model_id)})")
     return row
 
 
-def resolve_version(session: Session, ref: str | int) -> ModelVersion:
-    """A version by number ("3", 3) or by alias name ("production")."""
-    if isinstance(ref, int) or str(ref).isdigit():
-        return get_version(session, int(ref))
-    version = get_alias(session, str(ref))
+def parse_version_number(ref: str | int) -> int | None:
+    """The version number ``ref`` spells (ASCII digits), or None when it is not a number."""
+    if isinstance(ref, int):
+        return ref
+    return int(ref) if _NUMBER.fullmatch(ref) else None
+
+
+def resolve_version(session: Session, model_id: int, ref: str | int) -> ModelVersion:
+    """A version of the model by number ("3", 3) or by alias name ("production")."""
+    number = parse_version_number(ref)
+    if number is not None:
+        return get_version(session, model_id, number)
+    version = get_alias(session, model_id, str(ref))
     if version is None:
-        raise VersionNotFound(f"{ref!r} is neither a version number nor a set alias ({_known(session)})")
-    return get_version(session, version)
+        raise VersionNotFound(f"{str(ref)[:80]!r} is neither a version number nor a set alias "
+                              f"({_known(session, model_id)})")
+    return get_version(session, model_id, version)
 
 
-def _known(session: Session) -> str:
-    versions = [v for (v,) in session.execute(select(ModelVersion.version).order_by(ModelVersion.version))]
+def _known(session: Session, model_id: int) -> str:
+    stmt = select(ModelVersion.version).where(ModelVersion.model_id == model_id).order_by(ModelVersion.version)
+    versions = list(session.scalars(stmt))
     if not versions:
-        return "no version exists yet"
+        return "the model has no version yet"
     shown = ", ".join(map(str, versions[-10:]))
-    return f"known versions: {'..., ' if len(versions) > 10 else ''}{shown}"
+    aliases = list(session.scalars(select(Alias.name).where(Alias.model_id == model_id).order_by(Alias.name)))
+    return f"known versions: {'..., ' if len(versions) > 10 else ''}{shown}; aliases: {', '.join(aliases) or 'none'}"
 
 
-def next_version_number(session: Session) -> int:
-    return (session.scalar(select(func.max(ModelVersion.version))) or 0) + 1
+def next_version_number(session: Session, model_id: int) -> int:
+    return (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model_id)) or 0) + 1
 
 
-def lineage(session: Session, version: int) -> list[ModelVersion]:
+def lineage(session: Session, model_id: int, version: int) -> list[ModelVersion]:
     """The versions from the lineage's base model down to ``version`` (inclusive)."""
-    chain = [get_version(session, version)]
+    chain = [get_version(session, model_id, version)]
     while chain[-1].parent_version is not None:
-        chain.append(get_version(session, chain[-1].parent_version))
+        chain.append(get_version(session, model_id, chain[-1].parent_version))
     return chain[::-1]
 
 
-def training_durations(session: Session) -> list[float]:
-    """Seconds from start to finish of each task that produced a version."""
+def training_durations(session: Session) -> list[tuple[str, float]]:
+    """(model name, seconds from start to finish) of each task that produced a version."""
     rows = session.execute(
-        select(Task.started_at, Task.finished_at).join(ModelVersion, ModelVersion.task_id == Task.id)
+        select(Model.name, Task.started_at, Task.finished_at).join(ModelVersion, ModelVersion.task_id == Task.id)
+        .join(Model, Model.id == Task.model_id)
         .where(Task.started_at.is_not(None), Task.finished_at.is_not(None))
     )
-    return [(end - start).total_seconds() for start, end in rows]
+    return [(name, (end - start).total_seconds()) for name, start, end in rows]
+
+
+def delete_version(session: Session, model_id: int, version: int) -> str:
+    """Delete a version, its metrics and the people's aliases naming it; returns its checkpoint's
+    key, to delete once committed. ``latest`` moves back to the newest remaining version.
+
+    Refused (VersionInUse) for the production version, a version others descend from, and while
+    the model has queued or running tasks (one of them may be about to start from it)."""
+    row = get_version(session, model_id, version)
+    if get_alias(session, model_id, PRODUCTION) == version:
+        raise VersionInUse(f"version {version} is in production: promote another version first")
+    children = list(session.scalars(select(ModelVersion.version).where(
+        ModelVersion.model_id == model_id, ModelVersion.parent_version == version).order_by(ModelVersion.version)))
+    if children:
+        raise VersionInUse(f"version {version} is the parent of version(s) {', '.join(map(str, children))}: "
+                           "a lineage keeps its ancestors")
+    pending = session.scalar(select(func.count()).select_from(Task).where(
+        Task.model_id == model_id, Task.status.in_((TaskStatus.QUEUED.value, TaskStatus.RUNNING.value))))
+    if pending:
+        raise VersionInUse(f"the model has {pending} queued or running task(s), which may start from version "
+                           f"{version}: wait for them or cancel them first")
+    # The tasks that produced it, or (failed or cancelled: pending ones were refused above) started
+    # or were to start from it, forget it: their foreign keys would refuse the deletion otherwise.
+    for task in session.scalars(select(Task).where(
+            Task.model_id == model_id, or_(Task.model_version == version, Task.parent_version == version))):
+        if task.model_version == version:
+            task.model_version = None
+        if task.parent_version == version:
+            task.parent_version = None
+    session.execute(delete(Alias).where(Alias.model_id == model_id, Alias.version == version))
+    key = row.checkpoint_key
+    session.delete(row)
+    session.flush()
+    newest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model_id))
+    if newest is not None:
+        set_alias(session, model_id, LATEST, newest)
+    return key
 
 
 def record_version(
@@ -111,15 +167,17 @@ def record_version(
     ``version`` defaults to the next free number; ``settings`` (for the policy) to the process's.
     Sets ``task.model_version``; the caller sets the task's status and commits.
     """
-    classes = _check_class_map(session, class_map)
-    parent = get_version(session, parent_version) if parent_version is not None else None
+    model_id = task.model_id
+    classes = _check_class_map(session, model_id, class_map)
+    parent = get_version(session, model_id, parent_version) if parent_version is not None else None
     old, new = _check_roles(classes, parent, old_classes, new_classes)
     scores = _check_metrics(classes, metrics)
     ious = {c: s[0] for c, s in scores.items()}
     parent_ious = ious_of(parent) if parent else {}
     forgetting = forgetting_vs(parent_ious, ious)
     row = ModelVersion(
-        version=version or next_version_number(session), parent_version=parent_version, task_id=task.id,
+        model_id=model_id, version=version or next_version_number(session, model_id),
+        parent_version=parent_version, task_id=task.id,
         architecture=architecture, method=method, hyperparameters=dict(hyperparameters),
         class_map={str(k): v for k, v in classes.items()}, num_classes=len(classes),
         checkpoint_key=checkpoint_key, checkpoint_sha256=checkpoint_sha256, checkpoint_bytes=checkpoint_bytes,
@@ -130,25 +188,27 @@ def record_version(
     session.add(row)
     session.flush()  # the version must exist before the task and aliases point at it
     task.model_version = row.version
-    production = get_alias(session, PRODUCTION, for_update=True)
+    production = get_alias(session, model_id, PRODUCTION, for_update=True)
     candidate = Candidate(row.version, parent_version, production, old, ious, parent_ious, classes)
-    decision = decide(PromotionPolicy.from_settings(settings or get_settings()), candidate)
+    policy = promotion_policy(settings or get_settings(), session.get(Model, model_id))
+    decision = decide(policy, candidate)
     row.promotion = decision.as_dict()
-    set_alias(session, LATEST, row.version)
+    set_alias(session, model_id, LATEST, row.version)
     if decision.promote:
-        set_alias(session, PRODUCTION, row.version)
+        set_alias(session, model_id, PRODUCTION, row.version)
     return row, decision
 
 
-def _check_class_map(session: Session, class_map: Mapping[int | str, str]) -> dict[int, str]:
-    """{int index: name}, each matching a row of the classes table."""
+def _check_class_map(session: Session, model_id: int, class_map: Mapping[int | str, str]) -> dict[int, str]:
+    """{int index: name}, each matching a row of the model's classes."""
     try:
         classes = {int(k): v for k, v in class_map.items()}
     except (TypeError, ValueError):
         raise InvalidVersionRecord(f"class_map keys must be class indices, got {sorted(map(str, class_map))}") from None
     if not classes:
         raise InvalidVersionRecord("class_map is empty: a model has at least the background class")
-    known = {c.id: c.name for c in session.scalars(select(SemanticClass).where(SemanticClass.id.in_(list(classes))))}
+    known = {c.id: c.name for c in session.scalars(
+        select(SemanticClass).where(SemanticClass.model_id == model_id, SemanticClass.id.in_(list(classes))))}
     for index, name in sorted(classes.items()):
         if index not in known:
             raise InvalidVersionRecord(f"class_map names class {index} ({name!r}), which is not in the classes table")

@@ -1,8 +1,8 @@
 """This machine's copies of stored objects, and where each kind lives under ``cache_dir``.
 
 - ``datasets/{task_id}/...``: a task's images and masks, at their object keys;
-- ``checkpoints/{version}/model.pt``: a version's model file (the worker's parent model, the
-  API's served versions);
+- ``checkpoints/{model_id}/{version}/model.pt``: a version's model file (the worker's parent model,
+  the API's served versions);
 - ``train/{task_id}/``: a running task's training state (its newest epoch checkpoint).
 
 A copy is used only while its sha256 matches the one recorded at upload; otherwise it is fetched
@@ -24,9 +24,9 @@ def object_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / validate_key(key)
 
 
-def checkpoint_path(cache_dir: Path, version: int) -> Path:
+def checkpoint_path(cache_dir: Path, model_id: int, version: int) -> Path:
     """Where a version's model file is kept, whatever its object key."""
-    return Path(cache_dir) / "checkpoints" / str(version) / "model.pt"
+    return Path(cache_dir) / "checkpoints" / str(int(model_id)) / str(int(version)) / "model.pt"
 
 
 def training_dir(cache_dir: Path, task_id: str) -> Path:

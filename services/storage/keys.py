@@ -70,27 +70,35 @@ def _key_problem(key: str) -> str | None:
 
 
 # --- the key layout (docs/storage.md): every key Strata writes is built here ----------------------
-def dataset_prefix(task_id: str) -> str:
-    """Everything a task uploaded (the trailing '/' keeps task 7 from matching task 70)."""
-    return validate_prefix(f"datasets/{task_id}/")
+# Everything a model owns lives under ``models/{model_id}/`` (the id, not the name: ids never change
+# or return). Keys written before models existed (``datasets/...``, ``checkpoints/...``) stay where
+# they are: rows record the key of every object they point at.
+def model_prefix(model_id: int) -> str:
+    """Everything a model stored (the trailing '/' keeps model 7 from matching model 70)."""
+    return validate_prefix(f"models/{int(model_id)}/")
 
 
-def dataset_image_key(task_id: str, stem: str, extension: str) -> str:
+def dataset_prefix(model_id: int, task_id: str) -> str:
+    """Everything a task uploaded."""
+    return validate_prefix(f"{model_prefix(model_id)}datasets/{task_id}/")
+
+
+def dataset_image_key(model_id: int, task_id: str, stem: str, extension: str) -> str:
     """An uploaded image, stored as sent; ``extension`` is its format's, with the dot."""
-    return validate_key(f"datasets/{task_id}/images/{stem}{extension}")
+    return validate_key(f"{dataset_prefix(model_id, task_id)}images/{stem}{extension}")
 
 
-def dataset_mask_key(task_id: str, stem: str) -> str:
+def dataset_mask_key(model_id: int, task_id: str, stem: str) -> str:
     """An uploaded mask, stored in the task's local index form (always PNG)."""
-    return validate_key(f"datasets/{task_id}/masks/{stem}.png")
+    return validate_key(f"{dataset_prefix(model_id, task_id)}masks/{stem}.png")
 
 
-def checkpoint_key(version: int, sha256: str) -> str:
+def checkpoint_key(model_id: int, version: int, sha256: str) -> str:
     """A version's model file. The digest in the name: two attempts that raced to the same version
     number can never overwrite the bytes a recorded version points at."""
-    return validate_key(f"checkpoints/{version}/model-{sha256[:16]}.pt")
+    return validate_key(f"{model_prefix(model_id)}checkpoints/{version}/model-{sha256[:16]}.pt")
 
 
-def training_state_key(task_id: str) -> str:
+def training_state_key(model_id: int, task_id: str) -> str:
     """A running task's newest epoch checkpoint, so another machine can resume it."""
-    return validate_key(f"training/{task_id}/last.pt")
+    return validate_key(f"{model_prefix(model_id)}training/{task_id}/last.pt")

@@ -1,4 +1,4 @@
-"""Bearer keys and scopes through the real app (both flavours), and the /keys resource."""
+"""Bearer keys, scopes and model limits through the real app (both flavours), and the /keys resource."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import pytest
 
 from services.auth import create_key
 from services.db.session import session_scope
+from services.registry.models import get_models
 
 
-def make_key(client, scopes: list[str], name: str = "test key") -> str:
-    """A key created straight in the app's database (as an operator's first key would be)."""
+def make_key(client, scopes: list[str], name: str = "test key", models: list[str] | None = None) -> str:
+    """A key created straight in the app's database (as an operator's first key would be), for
+    every model or limited to ``models`` (by name)."""
     with session_scope(client.app.state.strata.sessions) as s:
-        _, plaintext = create_key(s, name, scopes)
+        rows = None if models is None else get_models(s, models)
+        _, plaintext = create_key(s, name, scopes, rows)
     return plaintext
 
 
@@ -21,34 +24,61 @@ def bearer(key: str) -> dict[str, str]:
 
 @pytest.fixture
 def keys(client) -> dict[str, dict[str, str]]:
-    return {"admin": bearer(make_key(client, ["admin"], "admin")),
-            "infer": bearer(make_key(client, ["infer"], "infer"))}
+    return {scope: bearer(make_key(client, [scope], scope)) for scope in ("admin", "infer", "read")}
 
 
-# (method, path, scope that suffices; "reader" = admin or infer)
+@pytest.fixture
+def model_m(client, keys) -> None:
+    assert client.post("/models", json={"name": "m"}, headers=keys["admin"]).status_code == 201
+
+
+def image_part() -> dict:
+    from tests.api.test_models import upload
+
+    return {"image": upload(1, n=1)[0][1]}
+
+
+EVERY = ("admin", "infer", "read")
+# (method, path, the scopes that suffice, JSON body)
 ROUTES = [
-    ("GET", "/models", "reader"),
-    ("GET", "/classes", "reader"),
-    ("GET", "/workers", "reader"),
-    ("POST", "/models/1/promote", "admin"),
-    ("POST", "/workers/ping", "admin"),
-    ("GET", "/keys", "admin"),
+    ("GET", "/models", EVERY, None),
+    ("GET", "/models/m", EVERY, None),
+    ("GET", "/models/m/versions", EVERY, None),
+    ("GET", "/models/m/versions/1", EVERY, None),
+    ("GET", "/models/m/aliases", EVERY, None),
+    ("GET", "/models/m/classes", EVERY, None),
+    ("GET", "/models/m/tasks", EVERY, None),
+    ("GET", "/tasks", EVERY, None),
+    ("GET", "/tasks/nope", EVERY, None),
+    ("GET", "/workers", EVERY, None),
+    ("POST", "/models/m/segment", ("infer",), None),
+    ("POST", "/models", ("admin",), {"name": "x"}),
+    ("PATCH", "/models/m", ("admin",), {"description": "x"}),
+    ("POST", "/models/m/tasks", ("admin",), None),
+    ("PUT", "/models/m/aliases/candidate", ("admin",), {"version": 1}),
+    ("DELETE", "/models/m/aliases/candidate", ("admin",), None),
+    ("DELETE", "/models/m/versions/1", ("admin",), None),
+    ("POST", "/tasks/nope/cancel", ("admin",), None),
+    ("POST", "/workers/ping", ("admin",), None),
+    ("GET", "/keys", ("admin",), None),
+    ("POST", "/keys", ("admin",), {"name": "k", "scopes": ["read"]}),
+    ("DELETE", "/models/m", ("admin",), None),
 ]
 
 
-@pytest.mark.parametrize("method, path, needed", ROUTES)
-def test_scope_matrix(client, keys, method, path, needed):
-    anonymous = client.request(method, path)
+@pytest.mark.parametrize("method, path, allowed, body", ROUTES, ids=[f"{m} {p}" for m, p, _, _ in ROUTES])
+def test_scope_matrix(client, keys, model_m, method, path, allowed, body):
+    anonymous = client.request(method, path, json=body)
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"] == "Bearer"
     assert "Authorization" in anonymous.json()["detail"]
-    for who in ("admin", "infer"):
-        r = client.request(method, path, headers=keys[who])
-        if needed in (who, "reader"):
+    for who in ("read", "infer", "admin"):  # admin last: its request may delete the model
+        r = client.request(method, path, headers=keys[who], json=body)
+        if who in allowed:
             assert r.status_code not in (401, 403), (who, r.text)
         else:
             assert r.status_code == 403, (who, r.text)
-            assert f"scope '{needed}'" in r.json()["detail"] and "'infer'" in r.json()["detail"]
+            assert f"scope '{allowed[0]}'" in r.json()["detail"] and f"['{who}']" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("header, message", [
@@ -71,6 +101,110 @@ def test_openapi_declares_bearer_auth(client):
     spec = client.get("/openapi.json").json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert spec["paths"]["/models"]["get"]["security"]
+    assert spec["paths"]["/models/{name}/aliases/{alias}"]["put"]["security"]
+
+
+# --- keys limited to some models ---------------------------------------------------------------------
+def test_a_read_key_reads_and_does_nothing_else(client, keys, model_m):
+    from tests.api.test_models import register, upload
+
+    task = register(client, keys["admin"], "m", ["car"])
+    read = keys["read"]
+    assert client.get("/models/m", headers=read).status_code == 200
+    assert client.get(f"/tasks/{task['id']}", headers=read).json()["id"] == task["id"]
+    assert [t["id"] for t in client.get("/tasks", headers=read).json()] == [task["id"]]
+    r = client.post("/models/m/tasks", data={"spec": '{"classes": ["bus"]}'}, files=upload(1), headers=read)
+    assert r.status_code == 403 and "scope 'admin'" in r.json()["detail"]
+    r = client.post("/models/m/segment", files=image_part(), headers=read)
+    assert r.status_code == 403 and "scope 'infer'" in r.json()["detail"]
+    assert client.post(f"/tasks/{task['id']}/cancel", headers=read).status_code == 403
+    assert client.get("/models/m/tasks", headers=keys["admin"]).json()[0]["status"] == "queued"
+
+
+def model_routes(name: str) -> list[tuple[str, str, dict, int]]:
+    """Every route of a model, with a request and its status for a key that may use the model
+    (after ``trained``: v1 in production, no task pending)."""
+    from tests.api.test_models import upload
+
+    return [
+        ("GET", f"/models/{name}", {}, 200),
+        ("GET", f"/models/{name}/versions", {}, 200),
+        ("GET", f"/models/{name}/versions/1", {}, 200),
+        ("GET", f"/models/{name}/aliases", {}, 200),
+        ("GET", f"/models/{name}/classes", {}, 200),
+        ("GET", f"/models/{name}/tasks", {}, 200),
+        ("POST", f"/models/{name}/segment", {"files": image_part()}, 200),
+        ("PUT", f"/models/{name}/aliases/candidate", {"json": {"version": 1}}, 200),
+        ("DELETE", f"/models/{name}/aliases/candidate", {}, 204),
+        ("PATCH", f"/models/{name}", {"json": {"description": "mine"}}, 200),
+        ("DELETE", f"/models/{name}/versions/1", {}, 409),  # production
+        ("POST", f"/models/{name}/tasks", {"data": {"spec": '{"classes": ["bus"]}'}, "files": upload(1)}, 202),
+        ("DELETE", f"/models/{name}", {}, 409),  # a task is queued now
+    ]
+
+
+def test_a_key_limited_to_a_model_cannot_reach_another(client, keys):
+    from tests.api.test_models import trained
+
+    admin = keys["admin"]
+    for name in ("a", "b"):
+        assert client.post("/models", json={"name": name}, headers=admin).status_code == 201
+        assert trained(client, admin, name, ["car"]) == 1
+    tasks = {name: client.get(f"/models/{name}/tasks", headers=admin).json()[0]["id"] for name in ("a", "b")}
+    a_only = bearer(make_key(client, ["admin", "infer"], "a only", models=["a"]))
+
+    for method, path, kw, _ in model_routes("b"):
+        r = client.request(method, path, headers=a_only, **kw)
+        assert r.status_code == 403, (method, path, r.text)
+        assert "is not allowed to use model 'b'" in r.json()["detail"]
+    for method, path in (("GET", f"/tasks/{tasks['b']}"), ("POST", f"/tasks/{tasks['b']}/cancel")):
+        r = client.request(method, path, headers=a_only)
+        assert r.status_code == 403 and "'b'" in r.json()["detail"], (method, path, r.text)
+    b = client.get("/models/b", headers=admin).json()
+    assert (b["description"], b["versions"], b["pending_tasks"]) == ("", 1, 0)  # nothing happened to b
+    assert [a["name"] for a in client.get("/models/b/aliases", headers=admin).json()] == ["latest", "production"]
+
+    for method, path, kw, expected in model_routes("a"):  # its own model: every route answers on its merits
+        r = client.request(method, path, headers=a_only, **kw)
+        assert r.status_code == expected, (method, path, r.text)
+    assert client.get(f"/tasks/{tasks['a']}", headers=a_only).status_code == 200
+    assert [m["name"] for m in client.get("/models", headers=a_only).json()] == ["a"]
+    listed = client.get("/tasks", headers=a_only).json()
+    assert {t["model"] for t in listed} == {"a"} and tasks["a"] in {t["id"] for t in listed}
+    assert {t["model"] for t in client.get("/tasks", headers=admin).json()} == {"a", "b"}
+
+
+def test_a_limited_admin_key_manages_its_model_but_not_keys_or_models(client, keys, model_m):
+    m_admin = bearer(make_key(client, ["admin"], "m admin", models=["m"]))
+    assert client.patch("/models/m", json={"description": "mine"}, headers=m_admin).status_code == 200
+    for method, path, body in (("GET", "/keys", None), ("POST", "/keys", {"name": "wider", "scopes": ["admin"]}),
+                               ("DELETE", "/keys/1", None), ("POST", "/models", {"name": "n"})):
+        r = client.request(method, path, headers=m_admin, json=body)
+        assert r.status_code == 403, (method, path, r.text)
+        assert "needs a key for every model" in r.json()["detail"] and "limited to some models" in r.json()["detail"]
+    assert [m["name"] for m in client.get("/models", headers=keys["admin"]).json()] == ["m"]
+    assert all(k["revoked_at"] is None for k in client.get("/keys", headers=keys["admin"]).json())
+
+
+def test_keys_limited_to_models_through_the_api(client, keys, model_m):
+    admin = keys["admin"]
+    assert client.post("/models", json={"name": "other"}, headers=admin).status_code == 201
+    r = client.post("/keys", json={"name": "cam", "scopes": ["infer"], "models": ["m"]}, headers=admin)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["models"] == ["m"] and created["scopes"] == ["infer"]
+    cam = bearer(created["key"])
+    assert client.get("/models/m", headers=cam).status_code == 200
+    assert client.get("/models/other", headers=cam).status_code == 403
+    listing = {k["id"]: k for k in client.get("/keys", headers=admin).json()}
+    assert listing[created["id"]]["models"] == ["m"]
+    assert all(k["models"] is None for i, k in listing.items() if i != created["id"])
+
+    r = client.post("/keys", json={"name": "x", "scopes": ["read"], "models": ["m", "nope"]}, headers=admin)
+    assert r.status_code == 404 and "no model named 'nope'" in r.json()["detail"]
+    r = client.post("/keys", json={"name": "x", "scopes": ["read"], "models": []}, headers=admin)
+    assert r.status_code == 422 and r.json()["detail"].startswith("body.models")
+    assert len(client.get("/keys", headers=admin).json()) == len(listing)  # the refused ones were not made
 
 
 def test_key_lifecycle_through_the_api(client, keys):
@@ -78,7 +212,7 @@ def test_key_lifecycle_through_the_api(client, keys):
     assert r.status_code == 201, r.text
     created = r.json()
     plaintext = created["key"]
-    assert plaintext.startswith(created["prefix"]) and created["scopes"] == ["infer"]
+    assert plaintext.startswith(created["prefix"]) and created["scopes"] == ["infer"] and created["models"] is None
     assert client.get("/models", headers=bearer(plaintext)).status_code == 200
 
     listing = client.get("/keys", headers=keys["admin"])
@@ -94,16 +228,24 @@ def test_key_lifecycle_through_the_api(client, keys):
 
 
 @pytest.mark.parametrize("body", [
-    {"name": "x", "scopes": []}, {"name": "x", "scopes": ["root"]}, {"scopes": ["admin"]}])
+    {"name": "x", "scopes": []}, {"name": "x", "scopes": ["root"]}, {"scopes": ["admin"]},
+    {"name": "x", "scopes": ["read"], "models": "m"}, {"name": "x", "scopes": ["read"], "everything": True}])
 def test_bad_key_requests_are_422(client, keys, body):
     r = client.post("/keys", json=body, headers=keys["admin"])
     assert r.status_code == 422, r.text
 
 
-def test_the_last_admin_key_cannot_be_revoked(client, keys):
+def test_the_last_admin_key_cannot_be_revoked(client, keys, model_m):
+    """... the last admin key for every model: a limited admin key does not count."""
     me = next(k for k in client.get("/keys", headers=keys["admin"]).json() if k["name"] == "admin")
     for k in client.get("/keys", headers=keys["admin"]).json():
         if "admin" in k["scopes"] and k["id"] != me["id"]:
             assert client.delete(f"/keys/{k['id']}", headers=keys["admin"]).status_code == 200
+    limited = client.post("/keys", json={"name": "m admin", "scopes": ["admin"], "models": ["m"]},
+                          headers=keys["admin"]).json()
     r = client.delete(f"/keys/{me['id']}", headers=keys["admin"])
     assert r.status_code == 409 and "last active admin key" in r.json()["detail"]
+    assert client.delete(f"/keys/{limited['id']}", headers=keys["admin"]).status_code == 200
+    r = client.delete(f"/keys/{me['id']}", headers=keys["admin"])
+    assert r.status_code == 409 and "last active admin key" in r.json()["detail"]
+    assert client.get("/keys", headers=keys["admin"]).status_code == 200

@@ -8,17 +8,24 @@ from fastapi.testclient import TestClient
 
 from api.errors import status_of
 from api.main import create_app
+from services.db.session import make_engine, make_session_factory, session_scope
 from services.errors import Conflict, InvalidInput, NotFound, StrataError, TooLarge, Unavailable
 from services.jobs.errors import RegistrationConflict, TaskNotFound
+from services.registry.aliases import AliasConflict, InvalidAlias
+from services.registry.errors import InvalidVersionRecord, VersionInUse, VersionNotFound
+from services.registry.models import InvalidModel, ModelConflict, ModelNotFound, create_model
 from services.storage import StorageError, StorageUnavailable
-from tests.api.test_tasks import bearer, dataset, post_task
+from tests.api.test_auth import bearer, make_key
+from tests.api.test_models import upload
 from tests.conftest import free_port
 
 
 @pytest.mark.parametrize("error, status", [
     (NotFound(), 404), (TaskNotFound(), 404), (Conflict(), 409), (RegistrationConflict(), 409),
     (InvalidInput(), 422), (TooLarge(), 413), (Unavailable(), 503), (StorageUnavailable(), 503),
-    (StrataError(), 500),
+    (StrataError(), 500), (ModelNotFound(), 404), (VersionNotFound(), 404), (ModelConflict(), 409),
+    (VersionInUse(), 409), (AliasConflict(), 409), (InvalidModel(), 422), (InvalidAlias(), 422),
+    (InvalidVersionRecord(), 422),
 ])
 def test_each_category_has_one_status(error: StrataError, status: int) -> None:
     assert status_of(error) == status
@@ -36,22 +43,46 @@ def test_domain_and_request_errors_share_one_shape(client, admin_headers) -> Non
     r = client.get("/tasks", params={"limit": 0}, headers=admin_headers)
     assert r.status_code == 422 and only_detail(r) == "query.limit: Input should be greater than or equal to 1"
     r = client.post("/keys", json={"name": "x", "scopes": ["root"]}, headers=admin_headers)
-    assert r.status_code == 422 and only_detail(r).startswith("body.scopes.0: Input should be 'admin' or 'infer'")
+    assert r.status_code == 422
+    assert only_detail(r).startswith("body.scopes.0: Input should be 'admin', 'infer' or 'read'")
     r = client.delete("/keys/999", headers=admin_headers)
     assert r.status_code == 404 and only_detail(r) == "no API key with id 999"
     r = client.get("/tasks")
     assert r.status_code == 401 and only_detail(r).startswith("missing Authorization header")
 
 
+def test_model_routes_share_the_shape(client, admin_headers) -> None:
+    r = client.get("/models/nope", headers=admin_headers)
+    assert r.status_code == 404 and only_detail(r).startswith("no model named 'nope'")
+    assert client.post("/models", json={"name": "m"}, headers=admin_headers).status_code == 201
+    r = client.post("/models", json={"name": "m"}, headers=admin_headers)
+    assert r.status_code == 409 and only_detail(r) == "a model named 'm' already exists"
+    r = client.post("/models", json={"name": "no spaces"}, headers=admin_headers)
+    assert r.status_code == 422 and only_detail(r).startswith("body.name: String should match pattern")
+    r = client.get("/models/m/versions/%C2%B2", headers=admin_headers)
+    assert r.status_code == 404 and "is neither a version number nor a set alias" in only_detail(r)
+    r = client.put("/models/m/aliases/latest", json={"version": 1}, headers=admin_headers)
+    assert r.status_code == 409 and "moved by the service only" in only_detail(r)
+    r = client.put("/models/m/aliases/No", json={"version": 1}, headers=admin_headers)
+    assert r.status_code == 422 and only_detail(r).startswith("path.alias: String should match pattern")
+    limited = bearer(make_key(client, ["admin"], "m admin", models=["m"]))
+    r = client.get("/keys", headers=limited)
+    assert r.status_code == 403 and "needs a key for every model" in only_detail(r)
+
+
 def test_an_unreachable_object_store_is_a_503_naming_it(embedded_settings) -> None:
     from services.cli.run import prepare
 
     prepare(embedded_settings)
-    admin = bearer(embedded_settings, "admin")
+    engine = make_engine(embedded_settings)
+    with session_scope(make_session_factory(engine)) as s:
+        create_model(s, "m")
+    engine.dispose()
     dead = embedded_settings.model_copy(update={
         "s3_endpoint": f"http://127.0.0.1:{free_port()}", "s3_access_key": "k", "s3_secret_key": "s"})
     with TestClient(create_app(dead)) as c:
-        r = post_task(c, admin, {"classes": ["car"]}, dataset(2, 1))
+        admin = bearer(make_key(c, ["admin"]))
+        r = c.post("/models/m/tasks", data={"spec": '{"classes": ["car"]}'}, files=upload(1), headers=admin)
     assert r.status_code == 503 and "127.0.0.1" in only_detail(r)
 
 

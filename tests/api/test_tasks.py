@@ -1,4 +1,5 @@
-"""POST /tasks, GET /tasks, GET /tasks/{id}, POST /tasks/{id}/cancel on both backends."""
+"""POST and GET /models/{name}/tasks, GET /tasks, GET /tasks/{id}, POST /tasks/{id}/cancel on both
+backends: per model, across models, and what a key limited to some models may do."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from sqlalchemy import func, select
 
 from api.queue import TaskQueue
 from services.auth import create_key
-from services.db.models import DatasetItem, SemanticClass, Task, TaskStatus
+from services.db.models import DatasetItem, Model, SemanticClass, Task, TaskStatus
 from services.db.session import make_engine, make_session_factory, session_scope
+from services.registry.models import get_model
 from services.storage import open_store
 
 
@@ -59,25 +61,41 @@ def as_zip(data: dict[str, list[tuple[str, bytes]]], extra: dict[str, bytes] | N
     return buf.getvalue()
 
 
-def post_task(client, headers, spec, files=None, archive: bytes | None = None, **kw):
+MODEL = "m"  # the model the tests register tasks of, unless they say otherwise
+
+
+def post_task(client, headers, spec, files=None, archive: bytes | None = None, model: str = MODEL, **kw):
     parts = as_files(files) if files is not None else []
     if archive is not None:
         parts.append(("archive", ("data.zip", archive, "application/zip")))
     data = {"spec": spec if isinstance(spec, str) else json.dumps(spec)}
-    return client.post("/tasks", data=data, files=parts, headers=headers, **kw)
+    return client.post(f"/models/{model}/tasks", data=data, files=parts, headers=headers, **kw)
 
 
-def bearer(settings, *scopes: str) -> dict[str, str]:
+def create_model(client, headers, name: str = MODEL) -> dict:
+    r = client.post("/models", json={"name": name}, headers=headers)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def bearer(settings, *scopes: str, models: list[str] | None = None) -> dict[str, str]:
+    """A new key with ``scopes``, for every model or only the models named in ``models``."""
     with session_scope(make_session_factory(make_engine(settings))) as s:
-        _, plaintext = create_key(s, f"test {' '.join(scopes)}", scopes)
+        rows = None if models is None else [get_model(s, name) for name in models]
+        _, plaintext = create_key(s, f"test {' '.join(scopes)}", scopes, models=rows)
     return {"Authorization": f"Bearer {plaintext}"}
+
+
+def model_id(settings, name: str = MODEL) -> int:
+    with make_session_factory(make_engine(settings))() as s:
+        return s.scalar(select(Model.id).where(Model.name == name))
 
 
 def leftovers(settings) -> dict[str, int]:
     """Rows and objects a rejected request must not leave behind."""
     with make_session_factory(make_engine(settings))() as s:
         rows = {t.__tablename__: s.scalar(select(func.count()).select_from(t)) for t in (Task, DatasetItem, SemanticClass)}
-    return {**rows, "objects": len(list(open_store(settings).list("datasets/"))),
+    return {**rows, "objects": len(list(open_store(settings).list("models/"))),
             "messages": queued_messages(settings)}
 
 
@@ -88,8 +106,11 @@ def queued_messages(settings) -> int:
 
 
 @pytest.fixture
-def admin(prepared):
-    return bearer(prepared, "admin")
+def admin(client, prepared):
+    """An admin key for every model, and the model "m" it created."""
+    headers = bearer(prepared, "admin")
+    create_model(client, headers)
+    return headers
 
 
 @pytest.fixture
@@ -104,12 +125,15 @@ def test_post_index_masks_as_files(client, prepared, admin, reader):
     body = r.json()
     assert r.headers["location"] == f"/tasks/{body['id']}"
     assert body["status"] == "queued" and body["classes"] == {"car": 1, "person": 2}
-    assert body["method"] == "mib" and body["model"] == "deeplabv3_resnet101"
+    assert body["model"] == "m" and body["method"] == "mib" and body["architecture"] == "deeplabv3_resnet101"
     assert body["items"] == {"train": 5, "val": 1} and body["progress"] is None
     assert client.get(r.headers["location"], headers=reader).json() == body
+    assert client.get("/models/m/tasks", headers=reader).json() == [body]
+    assert client.get("/models/m", headers=reader).json()["architecture"] == "deeplabv3_resnet101"
     assert queued_messages(prepared) == 1
-    keys = [o.key for o in open_store(prepared).list(f"datasets/{body['id']}/")]
-    assert len(keys) == 12 and f"datasets/{body['id']}/images/img00.jpg" in keys
+    prefix = f"models/{model_id(prepared)}/datasets/{body['id']}/"
+    keys = [o.key for o in open_store(prepared).list(prefix)]
+    assert len(keys) == 12 and f"{prefix}images/img00.jpg" in keys
 
 
 def test_post_palette_masks_as_a_zip(client, prepared, admin):
@@ -127,7 +151,7 @@ def test_post_palette_masks_as_a_zip(client, prepared, admin):
     assert r.status_code == 202, r.text
     task = r.json()
     assert task["classes"] == {"bike": 2} and task["also_labelled"] == ["car"]
-    with open_store(prepared).open(f"datasets/{task['id']}/masks/p0.png") as f:
+    with open_store(prepared).open(f"models/{model_id(prepared)}/datasets/{task['id']}/masks/p0.png") as f:
         local = np.asarray(Image.open(io.BytesIO(f.read())))
     assert local[2, 0] == 1 and local[6, 0] == 2 and local[0, 0] == 0  # bike = 1st new, car = n + 1
     assert queued_messages(prepared) == 2
@@ -136,13 +160,21 @@ def test_post_palette_masks_as_a_zip(client, prepared, admin):
 def test_list_and_read_tasks(client, admin, reader):
     first = post_task(client, admin, {"classes": ["a"]}, dataset(2, 1)).json()
     second = post_task(client, admin, {"classes": ["b"]}, dataset(2, 1)).json()
-    assert [t["id"] for t in client.get("/tasks", headers=reader).json()] == [second["id"], first["id"]]
+    create_model(client, admin, "other")
+    other = post_task(client, admin, {"classes": ["a"]}, dataset(2, 1), model="other").json()
+    assert [t["id"] for t in client.get("/tasks", headers=reader).json()] == [other["id"], second["id"], first["id"]]
+    assert [t["id"] for t in client.get("/models/m/tasks", headers=reader).json()] == [second["id"], first["id"]]
+    assert [t["id"] for t in client.get("/models/other/tasks", headers=reader).json()] == [other["id"]]
     assert client.get("/tasks?status=cancelled", headers=reader).json() == []
+    assert client.get("/models/m/tasks?status=cancelled", headers=reader).json() == []
     assert len(client.get("/tasks?status=queued&limit=1", headers=reader).json()) == 1
+    assert len(client.get("/models/m/tasks?status=queued&limit=1", headers=reader).json()) == 1
     r = client.get("/tasks?status=done", headers=reader)
     assert r.status_code == 422 and "queued" in r.text
     r = client.get("/tasks/nope", headers=reader)
     assert r.status_code == 404 and r.json() == {"detail": "no task with id 'nope'"}
+    r = client.get("/models/nope/tasks", headers=reader)
+    assert r.status_code == 404 and "no model named 'nope'" in r.json()["detail"]
 
 
 def test_idempotency_key(client, prepared, admin):
@@ -153,24 +185,65 @@ def test_idempotency_key(client, prepared, admin):
     assert again.json()["id"] == first.json()["id"] and again.headers["idempotent-replayed"] == "true"
     other = post_task(client, headers, {"classes": ["dog"]}, files)
     assert other.status_code == 422 and "Idempotency-Key 'upload-42' was already used" in other.json()["detail"]
+    # The same body for another model is a different request: the key is refused there too.
+    create_model(client, admin, "other")
+    elsewhere = post_task(client, headers, {"classes": ["cat"]}, files, model="other")
+    assert elsewhere.status_code == 422, elsewhere.text
+    assert "Idempotency-Key 'upload-42' was already used for a different request" in elsewhere.json()["detail"]
+    assert client.get("/models/other/tasks", headers=admin).json() == []
     assert leftovers(prepared) == {"tasks": 1, "dataset_items": 3, "classes": 2, "objects": 6, "messages": 1}
 
 
-def test_auth_scopes(client, admin, reader):
+def test_auth_scopes(client, prepared, admin, reader):
     files = dataset(2, 1)
     assert post_task(client, {}, {"classes": ["a"]}, files).status_code == 401
     assert post_task(client, reader, {"classes": ["a"]}, files).status_code == 403
+    read_only = bearer(prepared, "read")
+    assert post_task(client, read_only, {"classes": ["a"]}, files).status_code == 403
     assert client.get("/tasks").status_code == 401
+    assert client.get("/models/m/tasks").status_code == 401
     assert client.get("/tasks", headers=reader).status_code == 200
+    assert client.get("/models/m/tasks", headers=read_only).status_code == 200
     task = post_task(client, admin, {"classes": ["a"]}, files).json()
+    assert client.get(f"/tasks/{task['id']}", headers=read_only).status_code == 200
     assert client.post(f"/tasks/{task['id']}/cancel", headers=reader).status_code == 403
+    assert client.post(f"/tasks/{task['id']}/cancel", headers=read_only).status_code == 403
+    assert leftovers(prepared)["tasks"] == 1
+
+
+def test_a_key_limited_to_some_models_sees_and_changes_only_theirs(client, prepared, admin):
+    create_model(client, admin, "other")
+    mine = post_task(client, admin, {"classes": ["a"]}, dataset(2, 1)).json()
+    theirs = post_task(client, admin, {"classes": ["a"]}, dataset(2, 1), model="other").json()
+    m_admin = bearer(prepared, "admin", models=["m"])
+    m_reader = bearer(prepared, "read", models=["m"])
+    # Listing across models shows the key's models only.
+    assert [t["id"] for t in client.get("/tasks", headers=m_reader).json()] == [mine["id"]]
+    assert [t["id"] for t in client.get("/tasks", headers=m_admin).json()] == [mine["id"]]
+    assert client.get(f"/tasks/{mine['id']}", headers=m_reader).status_code == 200
+    # Another model's routes and tasks: 403, naming the model.
+    r = client.get(f"/tasks/{theirs['id']}", headers=m_reader)
+    assert r.status_code == 403 and "'other'" in r.json()["detail"]
+    assert client.get("/models/other/tasks", headers=m_reader).status_code == 403
+    r = post_task(client, m_admin, {"classes": ["b"]}, dataset(2, 1), model="other")
+    assert r.status_code == 403 and "'other'" in r.json()["detail"]
+    r = client.post(f"/tasks/{theirs['id']}/cancel", headers=m_admin)
+    assert r.status_code == 403
+    assert client.get(f"/tasks/{theirs['id']}", headers=admin).json()["status"] == "queued"
+    # Its own model: registering and cancelling work.
+    r = post_task(client, m_admin, {"classes": ["b"]}, dataset(2, 1))
+    assert r.status_code == 202, r.text
+    assert client.post(f"/tasks/{r.json()['id']}/cancel", headers=m_admin).status_code == 200
+    assert leftovers(prepared)["tasks"] == 3
 
 
 def test_openapi_documents_the_upload(client):
     doc = client.get("/openapi.json").json()
-    body = doc["paths"]["/tasks"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert "/tasks" not in doc["paths"] or "post" not in doc["paths"]["/tasks"]  # the old route is gone
+    body = doc["paths"]["/models/{name}/tasks"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(body["properties"]) == {"spec", "images", "masks", "archive"}
-    assert "classes" in body["properties"]["spec"]["contentSchema"]["properties"]
+    spec = body["properties"]["spec"]["contentSchema"]["properties"]
+    assert "classes" in spec and "architecture" in spec and "model" not in spec
 
 
 # --- cancelling ----------------------------------------------------------------------------------
@@ -182,6 +255,10 @@ def test_cancel_a_queued_task_releases_its_names_not_its_indices(client, prepare
     assert client.get(f"/tasks/{task['id']}", headers=reader).json()["status"] == "cancelled"
     again = post_task(client, admin, {"classes": ["dog"]}, dataset(2, 1))
     assert again.status_code == 202 and again.json()["classes"] == {"dog": 3}
+    # Another model's indices are its own: its first classes are 1 and 2.
+    create_model(client, admin, "other")
+    fresh = post_task(client, admin, {"classes": ["cat", "dog"]}, dataset(2, 2), model="other")
+    assert fresh.status_code == 202 and fresh.json()["classes"] == {"cat": 1, "dog": 2}
     r = client.post(f"/tasks/{task['id']}/cancel", headers=admin)
     assert r.status_code == 409 and "already cancelled" in r.json()["detail"]
     assert client.post("/tasks/nope/cancel", headers=admin).status_code == 404
@@ -199,7 +276,7 @@ def test_cancel_a_running_task_asks_the_worker(client, prepared, admin):
 def test_spec_may_come_as_a_file_part(client, admin):
     parts = [("spec", ("spec.json", json.dumps({"classes": ["cat"]}).encode(), "application/json")),
              *as_files(dataset(2, 1))]
-    r = client.post("/tasks", files=parts, headers=admin)  # what `curl -F spec=@spec.json` sends
+    r = client.post("/models/m/tasks", files=parts, headers=admin)  # what `curl -F spec=@spec.json` sends
     assert r.status_code == 202, r.text
     assert r.json()["classes"] == {"cat": 1}
 
@@ -215,3 +292,31 @@ def test_progress_as_the_worker_reports_it(client, prepared, admin, reader):
     # 2 steps left in epoch 1 and 5 in epoch 2, 4 images each, at 2 images/s
     assert progress == {"epoch": 1, "epochs": 2, "step": 3, "steps": 5, "loss": 1.25, "images_per_s": 2.0,
                         "eta_s": 14.0, "resumed_from_epoch": None, "updated_at": "2030-05-01T12:00:00Z"}
+
+
+# --- several models ------------------------------------------------------------------------------
+def test_two_models_hold_the_same_class_names_with_their_own_indices(client, prepared, admin, reader):
+    create_model(client, admin, "other")
+    a = post_task(client, admin, {"classes": ["car", "person"]}, dataset(2, 2))
+    b = post_task(client, admin, {"classes": ["person", "car"], "architecture": "lraspp_mobilenet_v3_large"},
+                  dataset(2, 2), model="other")
+    assert a.status_code == b.status_code == 202, (a.text, b.text)
+    assert (a.json()["model"], a.json()["classes"]) == ("m", {"car": 1, "person": 2})
+    assert (b.json()["model"], b.json()["classes"]) == ("other", {"person": 1, "car": 2})
+    assert (a.json()["architecture"], b.json()["architecture"]) == ("deeplabv3_resnet101", "lraspp_mobilenet_v3_large")
+    classes = {name: {c["name"]: c["index"] for c in client.get(f"/models/{name}/classes", headers=reader).json()}
+               for name in ("m", "other")}
+    assert classes == {"m": {"background": 0, "car": 1, "person": 2},
+                       "other": {"background": 0, "person": 1, "car": 2}}
+    # Each model's objects live under its own prefix.
+    for name, task in (("m", a.json()), ("other", b.json())):
+        keys = [o.key for o in open_store(prepared).list(f"models/{model_id(prepared, name)}/")]
+        assert len(keys) == 4 and all(f"/datasets/{task['id']}/" in k for k in keys)
+
+
+def test_tasks_of_a_model_that_does_not_exist_are_refused(client, prepared, admin):
+    r = post_task(client, admin, {"classes": ["cat"]}, dataset(2, 1), model="nope")
+    assert r.status_code == 404 and "no model named 'nope'" in r.json()["detail"]
+    r = post_task(client, admin, {"classes": ["cat"]}, dataset(2, 1), model="-not-a-name")
+    assert r.status_code == 422 and "path.name" in r.json()["detail"]
+    assert leftovers(prepared) == {"tasks": 0, "dataset_items": 0, "classes": 0, "objects": 0, "messages": 0}

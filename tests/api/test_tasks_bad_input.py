@@ -1,4 +1,5 @@
-"""Bad input to POST /tasks: a clear 4xx naming the file and values, and nothing half-stored."""
+"""Bad input to POST /models/{name}/tasks: a clear 4xx naming the file and values, and nothing
+half-stored."""
 
 from __future__ import annotations
 
@@ -15,13 +16,19 @@ from starlette.requests import ClientDisconnect
 
 from api.limits import UploadLimitMiddleware
 from api.main import create_app
-from tests.api.test_tasks import as_zip, bearer, dataset, encode, index_mask, leftovers, photo, post_task
+from services.db.session import make_engine, make_session_factory, session_scope
+from services.registry.models import create_model
+from tests.api.test_tasks import MODEL, as_zip, bearer, dataset, encode, index_mask, leftovers, photo, post_task
 
 NOTHING = {"tasks": 0, "dataset_items": 0, "classes": 0, "objects": 0, "messages": 0}
+TASKS = f"/models/{MODEL}/tasks"
 
 
 @pytest.fixture
 def admin(prepared):
+    """An admin key, and the (empty) model the tests upload to."""
+    with session_scope(make_session_factory(make_engine(prepared))) as s:
+        create_model(s, MODEL)
     return bearer(prepared, "admin")
 
 
@@ -93,7 +100,11 @@ CASES = {
     "weight the method does not use": ({"classes": ["cat"], "method": "ft", "hyperparameters": {"lambda_d": 2}},
                                        dataset(2, 1), None, 422, ["method 'ft' does not use lambda_d"]),
     "unknown also_labelled": ({"classes": ["cat"], "also_labelled": ["dog"]}, dataset(2, 2), None,
-                              422, ["also_labelled names classes that do not exist: dog"]),
+                              422, ["also_labelled names classes that model 'm' does not have: dog"]),
+    "the architecture under its old name": ({"classes": ["cat"], "model": "fcn_resnet50"}, dataset(2, 1), None,
+                                            422, ["`model` is now `architecture`"]),
+    "unknown architecture": ({"classes": ["cat"], "architecture": "resnet9000"}, dataset(2, 1), None,
+                             422, ["architecture: unknown architecture 'resnet9000'"]),
     "spec not JSON": ("{'classes': ['cat']}", dataset(2, 1), None, 422, ["not valid JSON"]),
     "a plain form without files": ({"classes": ["cat"]}, None, None, 422,
                                    ["expected a multipart/form-data body, got content type "
@@ -130,21 +141,25 @@ def test_an_existing_class_is_a_conflict_and_leaves_nothing_behind(client, prepa
     assert post_task(client, admin, {"classes": ["cat", "dog"]}, dataset(2, 2)).status_code == 202
     before = leftovers(prepared)
     r = post_task(client, admin, {"classes": ["bird", "dog"]}, dataset(2, 2))
-    assert r.status_code == 409 and "classes already exist: dog" in r.json()["detail"]
-    r = post_task(client, admin, {"classes": ["bird"], "model": "fcn_resnet50"}, dataset(2, 1))
-    assert r.status_code == 422 and "only the first task chooses the model" in r.json()["detail"]
+    assert r.status_code == 409 and "model 'm' already has classes dog" in r.json()["detail"]
+    r = post_task(client, admin, {"classes": ["bird"], "architecture": "fcn_resnet50"}, dataset(2, 1))
+    assert r.status_code == 422, r.text
+    assert "architecture: only a model's first task chooses it" in r.json()["detail"]
+    assert "model 'm' is a 'deeplabv3_resnet101'" in r.json()["detail"]
+    r = post_task(client, admin, {"classes": ["bird"], "model": "deeplabv3_resnet101"}, dataset(2, 1))
+    assert r.status_code == 422 and "`model` is now `architecture`" in r.json()["detail"]
     assert leftovers(prepared) == before
 
 
 def test_a_body_that_is_not_multipart(client, prepared, admin):
-    r = client.post("/tasks", json={"classes": ["cat"]}, headers=admin)
+    r = client.post(TASKS, json={"classes": ["cat"]}, headers=admin)
     assert r.status_code == 422 and "expected a multipart/form-data body" in r.json()["detail"]
-    r = client.post("/tasks", files=[("photos", ("a.png", b"x"))], data={"spec": "{}"}, headers=admin)
+    r = client.post(TASKS, files=[("photos", ("a.png", b"x"))], data={"spec": "{}"}, headers=admin)
     assert r.status_code == 422 and "unknown form field 'photos'" in r.json()["detail"]
     ctype, body = multipart_body({"classes": ["cat"]}, {})
-    r = client.post("/tasks", content=body, headers={**admin, "content-type": ctype})
+    r = client.post(TASKS, content=body, headers={**admin, "content-type": ctype})
     assert r.status_code == 422 and "no images were uploaded" in r.json()["detail"]
-    r = client.post("/tasks", content=body[:-20], headers={**admin, "content-type": ctype})
+    r = client.post(TASKS, content=body[:-20], headers={**admin, "content-type": ctype})
     assert r.status_code == 422 and "ended before its closing boundary" in r.json()["detail"]
     assert leftovers(prepared) == NOTHING
 
@@ -171,7 +186,7 @@ def multipart_body(spec: dict, data, boundary: str = "strata-test-boundary") -> 
 def test_a_declared_length_over_the_limit_is_413(small_client, prepared, admin):
     ctype, body = multipart_body({"classes": ["cat"]}, dataset(10, 1))
     assert len(body) > LIMIT
-    r = small_client.post("/tasks", content=body, headers={**admin, "content-type": ctype})
+    r = small_client.post(TASKS, content=body, headers={**admin, "content-type": ctype})
     assert r.status_code == 413
     assert r.json()["detail"] == (f"the request body is {len(body)} bytes, over the upload limit of {LIMIT} "
                                   "bytes (STRATA_MAX_UPLOAD_BYTES)")
@@ -185,7 +200,7 @@ def test_a_chunked_body_over_the_limit_is_413(small_client, prepared, admin):
         for i in range(0, len(body), 512):
             yield body[i:i + 512]
 
-    r = small_client.post("/tasks", content=chunks(), headers={**admin, "content-type": ctype})
+    r = small_client.post(TASKS, content=chunks(), headers={**admin, "content-type": ctype})
     assert r.status_code == 413, r.text
     assert r.json()["detail"] == (f"the request body passed {LIMIT} bytes, over the upload limit of {LIMIT} "
                                   "bytes (STRATA_MAX_UPLOAD_BYTES)")  # counted, not declared
@@ -193,7 +208,7 @@ def test_a_chunked_body_over_the_limit_is_413(small_client, prepared, admin):
     assert list((prepared.data_dir / "uploads").iterdir()) == []
     # A body under the limit still goes through the same client.
     ctype, body = multipart_body({"classes": ["cat"]}, dataset(1, 1))
-    r = small_client.post("/tasks", content=iter([body]), headers={**admin, "content-type": ctype})
+    r = small_client.post(TASKS, content=iter([body]), headers={**admin, "content-type": ctype})
     assert r.status_code == 202, r.text
 
 

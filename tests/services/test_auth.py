@@ -1,4 +1,5 @@
-"""API keys on a real database (both flavours): hashing, authentication, revocation, bootstrap."""
+"""API keys on a real database (both flavours): hashing, authentication, scopes, keys limited to
+some models, revocation, bootstrap."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import sessionmaker
 
 from services.auth import (
     AuthError,
+    Caller,
     KeyNotFound,
     LastAdminKey,
     authenticate,
@@ -20,11 +22,14 @@ from services.auth import (
     hash_key,
     keys_file,
     list_keys,
+    models_of,
     revoke_key,
     scopes_of,
 )
 from services.db.base import utcnow
+from services.db.models import ApiKey
 from services.db.session import make_engine, make_session_factory, session_scope
+from services.registry.models import create_model, delete_model, get_model
 
 INJECTED_ADMIN = "strata_injected-admin-key-0123456789abcdef"
 INJECTED_INFER = "operator-chosen-inference-key-0123456789"
@@ -51,9 +56,9 @@ def all_stored_text(sessions) -> str:
 
 def test_keys_are_stored_as_hashes_only(sessions):
     with session_scope(sessions) as s:
-        key, plaintext = create_key(s, "ci", ["infer", "admin", "infer"])
+        key, plaintext = create_key(s, "ci", ["infer", "admin", "infer", "read"])
     assert plaintext.startswith("strata_") and len(plaintext) > 40
-    assert scopes_of(key) == ["admin", "infer"]
+    assert scopes_of(key) == ["admin", "infer", "read"] and key.all_models
     assert key.key_hash == hash_key(plaintext) and plaintext.startswith(key.prefix) and len(key.prefix) == 12
     stored = all_stored_text(sessions)
     assert plaintext not in stored and plaintext[12:20] not in stored
@@ -100,7 +105,63 @@ def test_revoked_keys_fail_and_the_last_admin_key_stays(sessions):
         assert revoke_key(s, infer.id).revoked_at is not None  # idempotent
 
 
-@pytest.mark.parametrize("scopes, message", [([], "at least one scope"), (["root"], "unknown scope")])
+def test_keys_for_every_model_and_keys_limited_to_some(sessions):
+    with session_scope(sessions) as s:
+        a, b, c = (create_model(s, n) for n in ("a", "b", "c"))
+        wide, wide_plain = create_key(s, "wide", ["infer"])
+        narrow, narrow_plain = create_key(s, "narrow", ["read", "infer"], models=[b, a])
+        ids = a.id, b.id, c.id
+    with session_scope(sessions) as s:
+        wide, narrow = authenticate(s, wide_plain), authenticate(s, narrow_plain)
+        assert wide.all_models and models_of(wide) is None
+        assert not narrow.all_models and models_of(narrow) == ["a", "b"] and scopes_of(narrow) == ["infer", "read"]
+        callers = Caller.of(wide), Caller.of(narrow)
+    assert callers[0].model_ids is None and all(callers[0].may_use(i) for i in ids)
+    assert callers[1].model_ids == frozenset(ids[:2])
+    assert [callers[1].may_use(i) for i in ids] == [True, True, False]
+    assert callers[1].has_any(["read"]) and not callers[1].has_any(["admin"])
+    assert callers[1].label == f"key {narrow.prefix}... ('narrow')"
+    with sessions() as s, pytest.raises(AuthError, match="needs at least one"):
+        create_key(s, "none", ["infer"], models=[])
+
+
+def test_a_key_limited_to_a_deleted_model_reaches_no_model(sessions):
+    """The link rows go with the model; the key stays limited (to nothing), never widened."""
+    with session_scope(sessions) as s:
+        a = create_model(s, "a")
+        _, plaintext = create_key(s, "a only", ["infer"], models=[a])
+    with session_scope(sessions) as s:
+        delete_model(s, get_model(s, "a"), confirm=None)
+    with session_scope(sessions) as s:
+        caller = Caller.of(authenticate(s, plaintext))
+        assert s.execute(text("SELECT count(*) FROM api_key_models")).scalar() == 0
+    assert caller.model_ids == frozenset() and not caller.may_use(1)
+
+
+def test_a_limited_admin_key_does_not_count_as_the_last_admin(sessions):
+    with session_scope(sessions) as s:
+        for k in list_keys(s):  # embedded bootstrap made some: start from none active
+            k.revoked_at = utcnow()
+        m = create_model(s, "m")
+        admin, _ = create_key(s, "admin", ["admin"])
+        limited, _ = create_key(s, "m admin", ["admin"], models=[m])
+        limited_too, _ = create_key(s, "m admin 2", ["admin"], models=[m])
+    with session_scope(sessions) as s:
+        with pytest.raises(LastAdminKey, match="last active admin key"):
+            revoke_key(s, admin.id)  # two limited admin keys are no admin for every model
+        revoke_key(s, limited.id)  # while limited ones may all go
+        revoke_key(s, limited_too.id)
+    with session_scope(sessions) as s:
+        second, _ = create_key(s, "admin 2", ["admin"])
+    with session_scope(sessions) as s:
+        revoke_key(s, admin.id)  # another admin for every model remains
+        with pytest.raises(LastAdminKey):
+            revoke_key(s, second.id)
+        assert s.get(ApiKey, second.id).revoked_at is None
+
+
+@pytest.mark.parametrize("scopes, message", [([], "at least one scope"), (["root"], "unknown scope"),
+                                             (["read", "write"], r"unknown scope\(s\) \['write'\]")])
 def test_bad_scopes_are_named(sessions, scopes, message):
     with sessions() as s, pytest.raises(AuthError, match=message):
         create_key(s, "x", scopes)
@@ -123,6 +184,7 @@ def test_bootstrap_generates_once_in_embedded_mode_and_reuses(embedded_settings,
         with session_scope(sessions) as s:
             assert scopes_of(authenticate(s, generated["STRATA_ADMIN_KEY"])) == ["admin"]
             assert scopes_of(authenticate(s, generated["STRATA_INFER_KEY"])) == ["infer"]
+            assert all(k.all_models for k in list_keys(s))  # the first keys work on every model
             count = len(list_keys(s))
         prepare(embedded_settings)  # a later start: nothing new, the file stays as it was
         again = capsys.readouterr().out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from services.cli.processes import worker_command
 from services.config import settings_env
-from tests.worker.test_training_flow import SMALL, shapes_zip, submit, wait_task
+from tests.worker.test_training_flow import SMALL, create_model, model_ids, shapes_zip, submit, wait_task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,13 +38,15 @@ def stop(proc: subprocess.Popen, sig: int) -> None:
 def test_killed_worker_task_resumes_and_yields_one_version(client, prepared, admin_headers, tmp_path):
     h = admin_headers
     log = tmp_path / "workers.log"
+    create_model(client, h, "shapes")
     task = submit(client, h, {**SMALL, "classes": ["square", "disc"], "epochs": 6},
-                  shapes_zip(tmp_path, [1, 2], 16, seed=4))
+                  shapes_zip(tmp_path, [1, 2], 16, seed=4), model="shapes")
     first = start_worker(prepared, log)
     try:
         # Wait until at least one epoch is checkpointed, then kill the worker without warning.
         wait_task(client, h, task["id"], until=("running",), timeout_s=120)
-        store, state_key = client.app.state.strata.store, f"training/{task['id']}/last.pt"
+        store = client.app.state.strata.store
+        state_key = f"models/{model_ids(client)['shapes']}/training/{task['id']}/last.pt"
         for _ in range(600):
             if store.exists(state_key) or client.get(f"/tasks/{task['id']}", headers=h).json()["status"] != "running":
                 break
@@ -67,6 +69,7 @@ def test_killed_worker_task_resumes_and_yields_one_version(client, prepared, adm
         stop(second, signal.SIGTERM)
     assert done["status"] == "succeeded", (done, log.read_text()[-3000:])
     assert done["attempts"] == 2 and done["progress"]["resumed_from_epoch"] >= 1
-    versions = client.get("/models", headers=h).json()
+    versions = client.get("/models/shapes/versions", headers=h).json()
     assert [v["version"] for v in versions] == [1] and versions[0]["task_id"] == task["id"]
+    assert client.get("/models/shapes/versions/production", headers=h).json()["task_id"] == task["id"]
     assert not store.exists(state_key), "the epoch checkpoint outlived the task"

@@ -17,11 +17,13 @@ from services.db.session import make_engine
 
 TABLES = {
     "aliases",
+    "api_key_models",
     "api_keys",
     "class_metrics",
     "classes",
     "dataset_items",
     "model_versions",
+    "models",
     "tasks",
     "worker_heartbeats",
 }
@@ -51,6 +53,7 @@ def test_migrated_schema_has_named_constraints(db_settings: Settings, engine: En
     }
     fks = {fk["name"]: fk["referred_table"] for fk in insp.get_foreign_keys("tasks")}
     assert fks == {
+        "fk_tasks_model_id_models": "models",
         "fk_tasks_parent_version_model_versions": "model_versions",
         "fk_tasks_model_version_model_versions": "model_versions",
     }

@@ -1,5 +1,6 @@
 """Model versions for the inference tests, published as the worker publishes them: the checkpoint
-written by ``save_model``, uploaded to the object store, and recorded with ``record_version``.
+written by ``save_model``, uploaded to the object store under the model's key, and recorded with
+``record_version`` in the model's lineage (``create_model`` first: every version belongs to a model).
 
 ``constant_model`` is a real LR-ASPP network whose answer is known: both classifier convolutions
 have zero weights and the high-resolution one a bias that makes channel ``winner`` win everywhere,
@@ -17,14 +18,16 @@ import torch
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from services.db.models import ModelVersion, SemanticClass, Task
+from services.db.models import Model, ModelVersion, SemanticClass, Task
 from services.db.session import session_scope
 from services.learning.checkpoint import save_model
 from services.learning.classmap import channel_names
 from services.learning.zoo import SegModel, build_model
+from services.registry import models as registry_models
 from services.registry.aliases import promote
 from services.registry.versions import get_version, record_version
 from services.storage import ObjectStore
+from services.storage.keys import checkpoint_key
 
 ARCH = "lraspp_mobilenet_v3_large"
 
@@ -54,13 +57,26 @@ def png_bytes(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def _ensure_classes(session: Session, task_id: str, class_map: Mapping[int, str]) -> None:
+def create_model(sessions, name: str, description: str = "") -> int:
+    """A new, empty model; returns its id."""
+    with session_scope(sessions) as s:
+        return registry_models.create_model(s, name, description).id
+
+
+def task_id_of(model_id: int, version: int) -> str:
+    return f"task-m{model_id}-v{version}"
+
+
+def _ensure_classes(session: Session, model_id: int, task_id: str, class_map: Mapping[int, str]) -> None:
+    row = session.get(Model, model_id)
+    row.architecture = row.architecture or ARCH  # as the model's first task fixes it
     if session.get(Task, task_id) is None:
-        session.add(Task(id=task_id, spec={"classes": [n for i, n in sorted(class_map.items()) if i]}))
+        session.add(Task(id=task_id, model_id=model_id,
+                         spec={"classes": [n for i, n in sorted(class_map.items()) if i], "architecture": ARCH}))
         session.flush()
     for index, name in sorted(class_map.items()):
-        if session.get(SemanticClass, index) is None:
-            session.add(SemanticClass(id=index, name=name, task_id=task_id if index else None))
+        if session.get(SemanticClass, (model_id, index)) is None:
+            session.add(SemanticClass(model_id=model_id, id=index, name=name, task_id=task_id if index else None))
     session.flush()
 
 
@@ -69,6 +85,7 @@ def publish(
     store: ObjectStore,
     settings,
     *,
+    model_id: int,
     version: int,
     class_map: Mapping[int, str],
     winner: int,
@@ -77,19 +94,20 @@ def publish(
     to_production: bool = True,
     model: SegModel | None = None,
 ) -> int:
-    """Save, upload and record a version whose model answers channel ``winner`` everywhere
-    (or ``model``); make it production when asked. Returns the winner's GLOBAL class index."""
+    """Save, upload and record a version of model ``model_id`` whose network answers channel
+    ``winner`` everywhere (or ``model``); make it the model's production when asked. Returns the
+    winner's class index in the model."""
     class_map = dict(sorted(class_map.items()))
-    model = model or constant_model(len(class_map), winner, seed=version)
-    key = f"checkpoints/{version}/model.pt"
+    model = model or constant_model(len(class_map), winner, seed=1000 * model_id + version)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt"
         digest = save_model(path, model, channel_names(class_map), {"version": version})
+        key = checkpoint_key(model_id, version, digest)
         info = store.put_file(key, path)
     with session_scope(sessions) as s:
-        task_id = f"task-{version}"
-        _ensure_classes(s, task_id, class_map)
-        old = sorted(int(k) for k in get_version(s, parent).class_map) if parent else []
+        task_id = task_id_of(model_id, version)
+        _ensure_classes(s, model_id, task_id, class_map)
+        old = sorted(int(k) for k in get_version(s, model_id, parent).class_map) if parent else []
         record_version(
             s, task=s.get(Task, task_id), parent_version=parent, architecture=ARCH, method="ft",
             hyperparameters={"image_size": image_size}, class_map=class_map, checkpoint_key=key,
@@ -98,15 +116,20 @@ def publish(
             settings=settings.model_copy(update={"auto_promote": False}),
         )
         if to_production:
-            promote(s, version)
+            promote(s, model_id, version)
     return sorted(class_map)[winner]
 
 
-def set_production(sessions, version: int) -> None:
+def set_production(sessions, model_id: int, version: int) -> None:
     with session_scope(sessions) as s:
-        promote(s, version)
+        promote(s, model_id, version)
 
 
-def version_row(sessions, version: int) -> ModelVersion:
+def version_row(sessions, model_id: int, version: int) -> ModelVersion:
     with sessions() as s:
-        return s.get(ModelVersion, version)
+        return s.get(ModelVersion, (model_id, version))
+
+
+def checkpoint_of(sessions, model_id: int, version: int) -> str:
+    """The object key of a published version's checkpoint."""
+    return version_row(sessions, model_id, version).checkpoint_key

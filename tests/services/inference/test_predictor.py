@@ -1,6 +1,6 @@
 """Predictor: masks of global class indices at each input's size, from the evaluation's
 preprocessing and forward (aspect ratio kept, logits upsampled to the input), and checkpoints
-loaded only with the registry's sha256."""
+loaded only with the registry's sha256, each model's versions cached apart."""
 
 from __future__ import annotations
 
@@ -27,10 +27,15 @@ from tests.services.inference.helpers import ARCH, constant_model, random_image
 CLASS_MAP = {0: "background", 2: "dog", 5: "fish"}
 
 
-def spec(version: int = 1, sha256: str = "0" * 64, image_size: int = 32, class_map=CLASS_MAP) -> VersionSpec:
-    return VersionSpec(version=version, architecture=ARCH, class_map=dict(class_map),
-                       image_size=image_size,
-                       checkpoint_key=f"checkpoints/{version}/model.pt", checkpoint_sha256=sha256)
+def spec(version: int = 1, sha256: str = "0" * 64, image_size: int = 32, class_map=CLASS_MAP,
+         model_id: int = 1) -> VersionSpec:
+    return VersionSpec(model_id=model_id, model_name=f"model-{model_id}", version=version, architecture=ARCH,
+                       class_map=dict(class_map), image_size=image_size,
+                       checkpoint_key=object_key(model_id, version), checkpoint_sha256=sha256)
+
+
+def object_key(model_id: int, version: int) -> str:
+    return f"models/{model_id}/checkpoints/{version}/model.pt"
 
 
 @pytest.fixture
@@ -40,12 +45,12 @@ def store(tmp_path) -> FilesystemStore:
     return s
 
 
-def upload(store, tmp_path, model, class_map=CLASS_MAP, version: int = 1) -> str:
+def upload(store, tmp_path, model, class_map=CLASS_MAP, version: int = 1, model_id: int = 1) -> str:
     """save_model + put_file as the worker does; returns the sha256."""
-    local = tmp_path / f"upload-{version}.pt"
+    local = tmp_path / f"upload-{model_id}-{version}.pt"
     names = {ch: class_map[idx] for ch, idx in enumerate(channels_of(class_map))}
     digest = save_model(local, model, names)
-    store.put_file(f"checkpoints/{version}/model.pt", local)
+    store.put_file(object_key(model_id, version), local)
     return digest
 
 
@@ -132,19 +137,34 @@ def test_load_downloads_checks_and_reuses_the_cached_checkpoint(store, tmp_path)
     digest = upload(store, tmp_path, constant_model(3, 2))
     cache = tmp_path / "cache"
     predictor = Predictor.load(spec(sha256=digest), store, cache, device="cpu")
-    path = checkpoint_path(cache, 1)
-    assert path == cache / "checkpoints" / "1" / "model.pt" and sha256_file(path) == digest
+    path = checkpoint_path(cache, 1, 1)
+    assert path == cache / "checkpoints" / "1" / "1" / "model.pt" and sha256_file(path) == digest
     assert np.all(predictor.predict_batch([random_image(8, 8)])[0] == 5)
     assert predictor.device.type == "cpu" and predictor.amp_dtype is None
     # The cached file matches: no download needed any more.
-    store.delete("checkpoints/1/model.pt")
+    store.delete(object_key(1, 1))
     assert Predictor.load(spec(sha256=digest), store, cache, device="cpu").version == 1
+
+
+def test_the_same_version_number_of_two_models_is_cached_apart(store, tmp_path):
+    """Version 1 of model 1 and version 1 of model 2 are different files: neither is taken for the other."""
+    first = upload(store, tmp_path, constant_model(3, 1), model_id=1)
+    second_map = {0: "background", 3: "dog", 4: "fish"}  # same names, other indices
+    second = upload(store, tmp_path, constant_model(3, 2), class_map=second_map, model_id=2)
+    cache = tmp_path / "cache"
+    a = Predictor.load(spec(sha256=first, model_id=1), store, cache, device="cpu")
+    b = Predictor.load(spec(sha256=second, class_map=second_map, model_id=2), store, cache, device="cpu")
+    assert checkpoint_path(cache, 1, 1) != checkpoint_path(cache, 2, 1)
+    assert sha256_file(checkpoint_path(cache, 1, 1)) == first and sha256_file(checkpoint_path(cache, 2, 1)) == second
+    assert np.all(a.predict_batch([random_image(8, 8)])[0] == 2)
+    assert np.all(b.predict_batch([random_image(8, 8)])[0] == 4)
+    assert (a.spec.key, b.spec.key) == ((1, 1), (2, 1))
 
 
 def test_a_corrupt_cached_file_is_downloaded_again(store, tmp_path):
     digest = upload(store, tmp_path, constant_model(3, 1))
     cache = tmp_path / "cache"
-    path = checkpoint_path(cache, 1)
+    path = checkpoint_path(cache, 1, 1)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not the checkpoint")
     Predictor.load(spec(sha256=digest), store, cache, device="cpu")
@@ -155,7 +175,7 @@ def test_a_checkpoint_whose_sha256_differs_from_the_registry_is_refused(store, t
     upload(store, tmp_path, constant_model(3, 1))
     with pytest.raises(ModelLoadError, match=r"model version 1 cannot be loaded: .*sha256"):
         Predictor.load(spec(sha256="ab" * 32), store, tmp_path / "cache", device="cpu")
-    assert not checkpoint_path(tmp_path / "cache", 1).exists()
+    assert not checkpoint_path(tmp_path / "cache", 1, 1).exists()
 
 
 def test_a_tampered_cached_file_never_reaches_the_model(store, tmp_path, monkeypatch):
@@ -163,8 +183,8 @@ def test_a_tampered_cached_file_never_reaches_the_model(store, tmp_path, monkeyp
     digest = upload(store, tmp_path, constant_model(3, 1))
     other = upload(store, tmp_path, constant_model(3, 2), version=2)
     cache = tmp_path / "cache"
-    path = checkpoint_path(cache, 1)
-    store.download("checkpoints/2/model.pt", path)  # the wrong model in version 1's place
+    path = checkpoint_path(cache, 1, 1)
+    store.download(object_key(1, 2), path)  # the wrong model in version 1's place
     monkeypatch.setattr("services.inference.predictor.fetch", lambda *a, **k: path)
     with pytest.raises(ModelLoadError, match=f"has sha256 {other}, expected {digest}"):
         Predictor.load(spec(sha256=digest), store, cache, device="cpu")
@@ -186,18 +206,19 @@ def test_a_missing_checkpoint_names_the_version(store, tmp_path):
 def test_spec_needs_an_image_size():
     from services.db.models import ModelVersion
 
-    row = ModelVersion(version=3, architecture=ARCH, class_map={"0": "background", "4": "x"}, hyperparameters={},
+    row = ModelVersion(model_id=7, version=3, architecture=ARCH, class_map={"0": "background", "4": "x"}, hyperparameters={},
                        checkpoint_key="k", checkpoint_sha256="0" * 64)
     with pytest.raises(ModelLoadError, match="model version 3 has no image_size"):
-        VersionSpec.from_row(row)
+        VersionSpec.from_row(row, "roads")
     row.hyperparameters = {"image_size": 48}  # the shorter side
-    assert VersionSpec.from_row(row).image_size == 48
+    assert VersionSpec.from_row(row, "roads").image_size == 48
     row.hyperparameters = {"image_size": [24, 40]}  # an old row's (height, width): its shorter side
-    s = VersionSpec.from_row(row)
+    s = VersionSpec.from_row(row, "roads")
     assert s.image_size == 24 and s.class_map == {0: "background", 4: "x"}
+    assert (s.model_id, s.model_name, s.key) == (7, "roads", (7, 3))
     row.hyperparameters = {"image_size": 0}
     with pytest.raises(ModelLoadError, match="invalid image_size 0"):
-        VersionSpec.from_row(row)
+        VersionSpec.from_row(row, "roads")
     row.hyperparameters = {"image_size": [24, 0]}
     with pytest.raises(ModelLoadError, match=r"invalid image_size \[24, 0\]"):
-        VersionSpec.from_row(row)
+        VersionSpec.from_row(row, "roads")

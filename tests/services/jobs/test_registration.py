@@ -1,4 +1,5 @@
-"""Registering a task: spec validation, all-or-nothing storage, class indices, lineage, views, cancel."""
+"""Registering a task of a model: spec validation, all-or-nothing storage, class indices, lineage,
+views, cancel; and that each model has its own classes, order of steps and architecture."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from sqlalchemy import func, select
 
 from services.data.multipart import Received
 from services.data.upload import ReceivedFile, UploadRejected
-from services.db.models import Alias, DatasetItem, ModelVersion, SemanticClass, Task, TaskStatus
+from services.db.models import Alias, DatasetItem, Model, ModelVersion, SemanticClass, Task, TaskStatus
 from services.db.session import make_engine, make_session_factory, session_scope
 from services.jobs.errors import IdempotencyMismatch, RegistrationConflict, TaskFinished
 from services.jobs.lifecycle import request_cancel as cancel_task
 from services.jobs.registration import IngestLimits, register_task, validation_stems
 from services.jobs.spec import parse_spec
 from services.jobs.views import list_task_views, progress_view, task_view
+from services.registry.models import ModelNotFound, create_model
 from services.storage import open_store
 
 
@@ -72,24 +74,45 @@ class Upload:
 
 @pytest.fixture
 def env(prepared):
+    """Settings, sessions and store of a service holding one empty model, "m"."""
     sessions = make_session_factory(make_engine(prepared))
-    return prepared, sessions, open_store(prepared)
+    env = prepared, sessions, open_store(prepared)
+    new_model(env, "m")
+    return env
 
 
-def register(env, tmp_path, spec, n=5, n_classes=None, key=None, store=None):
+def new_model(env, name: str) -> int:
+    with session_scope(env[1]) as s:
+        return create_model(s, name).id
+
+
+def model_id(env, name: str = "m") -> int:
+    with env[1]() as s:
+        return s.scalar(select(Model.id).where(Model.name == name))
+
+
+def register(env, tmp_path, spec, n=5, n_classes=None, key=None, store=None, model="m"):
     settings, sessions, real_store = env
     n_classes = len(spec["classes"]) + len(spec.get("also_labelled", [])) if n_classes is None else n_classes
     up = Upload(tmp_path / f"up-{np.random.default_rng().integers(1 << 30)}").dataset(n, n_classes)
     work = up.root / "work"
-    return register_task(sessions, store or real_store, up.received(spec), work,
+    return register_task(sessions, store or real_store, model, up.received(spec), work,
                          IngestLimits.from_settings(settings), idempotency_key=key)
 
 
 def leftovers(env) -> tuple[int, int, int, int]:
+    """(tasks, dataset items, classes, stored objects) across every model."""
     _, sessions, store = env
     with sessions() as s:
         counts = tuple(s.scalar(select(func.count()).select_from(t)) for t in (Task, DatasetItem, SemanticClass))
-    return (*counts, len(list(store.list("datasets/"))))
+    return (*counts, len(list(store.list("models/"))))
+
+
+def classes_of(env, name: str = "m") -> dict[int, tuple[str, str | None]]:
+    """{index: (name, introducing task)} of one model."""
+    with env[1]() as s:
+        rows = s.scalars(select(SemanticClass).where(SemanticClass.model_id == model_id(env, name)))
+        return {c.id: (c.name, c.task_id) for c in rows}
 
 
 # --- the spec -------------------------------------------------------------------------------------
@@ -105,7 +128,8 @@ def leftovers(env) -> tuple[int, int, int, int]:
     ({"classes": ["a"], "val_fraction": 0.95}, "val_fraction: Input should be less than 0.9"),
     ({"classes": ["a"], "method": "magic"}, "unknown method 'magic'"),
     ({"classes": ["a"], "method": "joint"}, "joint needs every earlier step's images"),
-    ({"classes": ["a"], "model": "resnet9000"}, "unknown model 'resnet9000'"),
+    ({"classes": ["a"], "architecture": "resnet9000"}, "unknown architecture 'resnet9000'"),
+    ({"classes": ["a"], "model": "fcn_resnet50"}, "`model` is now `architecture`"),
     ({"classes": ["a"], "colour": "red"}, "colour: unknown key"),
     ({"classes": ["a"], "mask_format": "palette"}, "needs a palette"),
     ({"classes": ["a", "b"], "mask_format": "palette", "palette": {"a": [1, 2, 3]}}, "palette has no colour for b"),
@@ -127,7 +151,7 @@ def test_spec_defaults_and_cleaning():
     spec = parse_spec('{"classes": [" cat ", "dog"], "hyperparameters": {"lr": 0.02}}')
     assert spec.classes == ["cat", "dog"] and spec.epochs == 30 and spec.image_size == 512
     assert spec.batch_size == 8 and spec.val_fraction == 0.1 and spec.mask_format == "index"
-    assert spec.hyperparameters.lr == 0.02 and spec.hyperparameters.momentum is None
+    assert spec.hyperparameters.lr == 0.02 and spec.hyperparameters.momentum is None and spec.architecture is None
     with pytest.raises(UploadRejected, match="not valid JSON"):
         parse_spec("{classes: [")
     with pytest.raises(UploadRejected, match="`spec` is missing"):
@@ -148,22 +172,25 @@ def test_validation_split_is_deterministic_and_never_empty():
 # --- registration ----------------------------------------------------------------------------------
 def test_a_first_task_is_stored_and_recorded_in_one_piece(env, tmp_path):
     _, sessions, store = env
+    mid = model_id(env)
     reg = register(env, tmp_path, {"classes": ["cat", "dog"], "epochs": 3}, n=6)
     assert reg.created
     with sessions() as s:
         task = s.get(Task, reg.task_id)
-        assert task.status == "queued" and task.parent_version is None
+        assert task.status == "queued" and task.parent_version is None and task.model_id == mid
         assert task.spec["assigned_classes"] == {"cat": 1, "dog": 2}
-        assert task.spec["method"] == "mib" and task.spec["model"] == "deeplabv3_resnet101"
+        assert task.spec["method"] == "mib" and task.spec["architecture"] == "deeplabv3_resnet101"
+        assert "model" not in task.spec
         assert task.spec["after_task_id"] is None and task.spec["epochs"] == 3
-        classes = {c.id: (c.name, c.task_id) for c in s.scalars(select(SemanticClass))}
-        assert classes == {0: ("background", None), 1: ("cat", task.id), 2: ("dog", task.id)}
+        assert s.get(Model, mid).architecture == "deeplabv3_resnet101"  # the first task fixes it
         items = list(s.scalars(select(DatasetItem).where(DatasetItem.task_id == task.id)))
+    assert classes_of(env) == {0: ("background", None), 1: ("cat", reg.task_id), 2: ("dog", reg.task_id)}
     assert len(items) == 6 and sorted(i.split for i in items).count("val") == 1
-    keys = {i.key for i in store.list(f"datasets/{reg.task_id}/")}
+    prefix = f"models/{mid}/datasets/{reg.task_id}/"
+    keys = {i.key for i in store.list(prefix)}
     for item in items:
-        assert item.image_key == f"datasets/{reg.task_id}/images/{item.stem}.jpg" and item.image_key in keys
-        assert item.mask_key == f"datasets/{reg.task_id}/masks/{item.stem}.png" and item.mask_key in keys
+        assert item.image_key == f"{prefix}images/{item.stem}.jpg" and item.image_key in keys
+        assert item.mask_key == f"{prefix}masks/{item.stem}.png" and item.mask_key in keys
         assert store.stat(item.image_key).size == item.image_bytes and (item.width, item.height) == (16, 12)
         with store.open(item.mask_key) as f:
             data = f.read()
@@ -173,44 +200,58 @@ def test_a_first_task_is_stored_and_recorded_in_one_piece(env, tmp_path):
     assert len(keys) == 12
 
 
-def test_a_later_task_queues_behind_the_pending_one_and_inherits_the_model(env, tmp_path):
+def test_a_later_task_queues_behind_the_pending_one_and_inherits_the_architecture(env, tmp_path):
     _, sessions, _ = env
-    first = register(env, tmp_path, {"classes": ["cat", "dog"], "model": "lraspp_mobilenet_v3_large"})
+    first = register(env, tmp_path, {"classes": ["cat", "dog"], "architecture": "lraspp_mobilenet_v3_large"})
     second = register(env, tmp_path, {"classes": ["bird"], "also_labelled": ["cat"]})
     with sessions() as s:
         task = s.get(Task, second.task_id)
         assert task.spec["after_task_id"] == first.task_id and task.parent_version is None
         assert task.spec["assigned_classes"] == {"bird": 3}
-        assert task.spec["model"] == "lraspp_mobilenet_v3_large"
-    with pytest.raises(UploadRejected, match="only the first task chooses the model"):
-        register(env, tmp_path, {"classes": ["cow"], "model": "fcn_resnet50"})
-    with pytest.raises(UploadRejected, match="also_labelled names classes that do not exist: unicorn"):
+        assert task.spec["architecture"] == "lraspp_mobilenet_v3_large"
+    # Naming the architecture it already has is fine; another one is refused, naming the field.
+    same = register(env, tmp_path, {"classes": ["owl"], "architecture": "lraspp_mobilenet_v3_large"})
+    with pytest.raises(UploadRejected) as err:
+        register(env, tmp_path, {"classes": ["cow"], "architecture": "fcn_resnet50"})
+    assert "architecture: only a model's first task chooses it" in str(err.value)
+    assert "model 'm' is a 'lraspp_mobilenet_v3_large'" in str(err.value) and "`architecture`" in str(err.value)
+    with pytest.raises(UploadRejected, match="also_labelled names classes that model 'm' does not have: unicorn"):
         register(env, tmp_path, {"classes": ["cow"], "also_labelled": ["unicorn"]})
-    with pytest.raises(RegistrationConflict, match="classes already exist: dog"):
+    with pytest.raises(RegistrationConflict, match="model 'm' already has classes dog"):
         register(env, tmp_path, {"classes": ["cow", "dog"]})
-    assert leftovers(env)[:2] == (2, 10)
+    with pytest.raises(ModelNotFound, match="no model named 'nope'"):
+        register(env, tmp_path, {"classes": ["cow"]}, model="nope")
+    with sessions() as s:
+        assert s.get(Task, same.task_id).spec["after_task_id"] == second.task_id
+    assert leftovers(env)[:2] == (3, 15)
+
+
+def trained(env, task_id: str, version: int, architecture: str) -> None:
+    """What the worker and the registry record for a trained task (without training it)."""
+    with session_scope(env[1]) as s:
+        task = s.get(Task, task_id)
+        s.add(ModelVersion(model_id=task.model_id, version=version, task_id=task_id, architecture=architecture,
+                           method="ft", hyperparameters={}, class_map={"0": "background", "1": "cat"}, num_classes=2,
+                           checkpoint_key=f"models/{task.model_id}/checkpoints/{version}/model.pt",
+                           checkpoint_sha256="0" * 64, checkpoint_bytes=1))
+        s.flush()
+        task.status, task.model_version = TaskStatus.SUCCEEDED.value, version
 
 
 def test_with_nothing_pending_a_task_starts_from_production(env, tmp_path):
     _, sessions, _ = env
-    first = register(env, tmp_path, {"classes": ["cat"], "model": "fcn_resnet50"})
-    with session_scope(sessions) as s:  # what the worker and the registry record for a trained task
-        s.add(ModelVersion(version=1, task_id=first.task_id, architecture="fcn_resnet50", method="ft",
-                           hyperparameters={}, class_map={"0": "background", "1": "cat"}, num_classes=2,
-                           checkpoint_key="checkpoints/1/model.pt", checkpoint_sha256="0" * 64, checkpoint_bytes=1))
-        s.flush()
-        task = s.get(Task, first.task_id)
-        task.status, task.model_version = TaskStatus.SUCCEEDED.value, 1
+    first = register(env, tmp_path, {"classes": ["cat"], "architecture": "fcn_resnet50"})
+    trained(env, first.task_id, 1, "fcn_resnet50")
     # A version but no production alias: adding classes would silently start a new base model.
-    with pytest.raises(RegistrationConflict, match="no version is in production"):
+    with pytest.raises(RegistrationConflict, match="model 'm' has no version in production"):
         register(env, tmp_path, {"classes": ["dog"]})
     with session_scope(sessions) as s:
-        s.add(Alias(name="production", version=1))
+        s.add(Alias(model_id=model_id(env), name="production", version=1))
     second = register(env, tmp_path, {"classes": ["dog"]})
     with sessions() as s:
         task = s.get(Task, second.task_id)
         assert task.parent_version == 1 and task.spec["after_task_id"] is None
-        assert task.spec["model"] == "fcn_resnet50"
+        assert task.spec["architecture"] == "fcn_resnet50"
 
 
 def test_indices_of_cancelled_tasks_are_never_reused_but_their_names_are(env, tmp_path):
@@ -220,7 +261,7 @@ def test_indices_of_cancelled_tasks_are_never_reused_but_their_names_are(env, tm
         assert cancel_task(s, first.task_id) is True
     with sessions() as s:
         assert s.get(Task, first.task_id).status == "cancelled"
-        assert [c.name for c in s.scalars(select(SemanticClass))] == ["background"]
+    assert classes_of(env) == {0: ("background", None)}
     again = register(env, tmp_path, {"classes": ["dog"]})
     with sessions() as s:
         assert s.get(Task, again.task_id).spec["assigned_classes"] == {"dog": 3}
@@ -236,11 +277,11 @@ def test_bad_files_are_rejected_before_anything_is_stored(env, tmp_path):
 
 
 class RacingStore:
-    """The real store; while our files upload, another request registers the class 'dog' (the
-    real sequence of a concurrent registration, made deterministic)."""
+    """The real store; while our files upload, another request registers the class 'dog' in the
+    model ``model_id`` (the real sequence of a concurrent registration, made deterministic)."""
 
-    def __init__(self, store, sessions) -> None:
-        self.store, self.sessions, self.raced = store, sessions, False
+    def __init__(self, store, sessions, model_id: int) -> None:
+        self.store, self.sessions, self.model_id, self.raced = store, sessions, model_id, False
 
     def __getattr__(self, name):
         return getattr(self.store, name)
@@ -249,17 +290,26 @@ class RacingStore:
         if not self.raced:
             self.raced = True
             with session_scope(self.sessions) as s:
-                s.add(SemanticClass(id=50, name="dog", task_id=None))
+                s.add(SemanticClass(model_id=self.model_id, id=50, name="dog", task_id=None))
         return self.store.put_file(key, path, content_type)
 
 
 def test_a_failure_after_storing_deletes_the_objects_and_writes_no_rows(env, tmp_path):
     _, sessions, store = env
-    racing = RacingStore(store, sessions)
-    with pytest.raises(RegistrationConflict, match="classes already exist: dog"):
+    racing = RacingStore(store, sessions, model_id(env))
+    with pytest.raises(RegistrationConflict, match="model 'm' already has classes dog"):
         register(env, tmp_path, {"classes": ["dog"]}, n=6, store=racing)
     assert racing.raced
     assert leftovers(env) == (0, 0, 1, 0)  # only the racing request's class row
+
+
+def test_a_class_registered_meanwhile_in_another_model_is_no_conflict(env, tmp_path):
+    _, sessions, store = env
+    racing = RacingStore(store, sessions, new_model(env, "other"))
+    reg = register(env, tmp_path, {"classes": ["dog"]}, n=6, store=racing)
+    assert racing.raced and reg.created
+    assert classes_of(env) == {0: ("background", None), 1: ("dog", reg.task_id)}
+    assert classes_of(env, "other") == {50: ("dog", None)}
 
 
 def test_idempotency_key_replays_the_same_request_and_refuses_another(env, tmp_path):
@@ -267,13 +317,17 @@ def test_idempotency_key_replays_the_same_request_and_refuses_another(env, tmp_p
     up = Upload(tmp_path / "up").dataset(3, 1)
     received = up.received({"classes": ["cat"]})
     limits = IngestLimits.from_settings(settings)
-    first = register_task(sessions, store, received, tmp_path / "w1", limits, idempotency_key="k-1")
-    again = register_task(sessions, store, received, tmp_path / "w2", limits, idempotency_key="k-1")
+    first = register_task(sessions, store, "m", received, tmp_path / "w1", limits, idempotency_key="k-1")
+    again = register_task(sessions, store, "m", received, tmp_path / "w2", limits, idempotency_key="k-1")
     assert first.created and not again.created and again.task_id == first.task_id
     other = up.received({"classes": ["dog"]})
     with pytest.raises(IdempotencyMismatch, match="Idempotency-Key 'k-1' was already used for a different request"):
-        register_task(sessions, store, other, tmp_path / "w3", limits, idempotency_key="k-1")
-    assert leftovers(env)[:2] == (1, 3)
+        register_task(sessions, store, "m", other, tmp_path / "w3", limits, idempotency_key="k-1")
+    # The very same body for another model is another request: the key cannot be reused for it.
+    new_model(env, "other")
+    with pytest.raises(IdempotencyMismatch, match="Idempotency-Key 'k-1' was already used for a different request"):
+        register_task(sessions, store, "other", received, tmp_path / "w4", limits, idempotency_key="k-1")
+    assert leftovers(env) == (1, 3, 2, 6)  # m's task, items and classes (background, cat) only
 
 
 # --- the public view and cancel ------------------------------------------------------------------
@@ -292,6 +346,8 @@ def test_cancel_of_running_and_finished_tasks_and_listing(env, tmp_path):
     _, sessions, _ = env
     first = register(env, tmp_path, {"classes": ["cat"]})
     second = register(env, tmp_path, {"classes": ["dog"]})
+    mid, other_id = model_id(env), new_model(env, "other")
+    other = register(env, tmp_path, {"classes": ["cat"]}, model="other")
     with session_scope(sessions) as s:
         s.get(Task, first.task_id).status = TaskStatus.RUNNING.value
     with session_scope(sessions) as s:
@@ -299,12 +355,84 @@ def test_cancel_of_running_and_finished_tasks_and_listing(env, tmp_path):
     with sessions() as s:
         task = s.get(Task, first.task_id)
         assert task.status == "running" and task.cancel_requested
-        assert [v.id for v in list_task_views(s)] == [second.task_id, first.task_id]
+        assert [v.id for v in list_task_views(s)] == [other.task_id, second.task_id, first.task_id]
+        assert [v.id for v in list_task_views(s, model_ids=[mid])] == [second.task_id, first.task_id]
+        assert [v.id for v in list_task_views(s, model_ids=[other_id])] == [other.task_id]
         assert [v.id for v in list_task_views(s, "running")] == [first.task_id]
-        assert task_view(s, second.task_id).items == {"train": 4, "val": 1}
+        view = task_view(s, second.task_id)
+        assert view.items == {"train": 4, "val": 1} and view.model == "m"
+        assert view.architecture == "deeplabv3_resnet101" and view.classes == {"dog": 2}
+        assert task_view(s, other.task_id).model == "other" and task_view(s, other.task_id).classes == {"cat": 1}
         with pytest.raises(ValueError, match="unknown status 'done'"):
             list_task_views(s, "done")
     with session_scope(sessions) as s:
         s.get(Task, first.task_id).status = TaskStatus.FAILED.value
     with session_scope(sessions) as s, pytest.raises(TaskFinished, match="already failed"):
         cancel_task(s, first.task_id)
+
+
+# --- several models --------------------------------------------------------------------------------
+def test_each_model_queues_its_own_tasks(env, tmp_path):
+    """A model's task queues behind that model's pending task only: a task of another model never
+    waits for it (and starts from its own model's state)."""
+    _, sessions, _ = env
+    new_model(env, "b")
+    a_first = register(env, tmp_path, {"classes": ["cat"]})
+    b_first = register(env, tmp_path, {"classes": ["cat"]}, model="b")
+    a_second = register(env, tmp_path, {"classes": ["dog"]})
+    b_second = register(env, tmp_path, {"classes": ["dog"]}, model="b")
+    with sessions() as s:
+        after = {t: s.get(Task, t).spec["after_task_id"]
+                 for t in (a_first.task_id, b_first.task_id, a_second.task_id, b_second.task_id)}
+        assert {s.get(Task, t).parent_version for t in after} == {None}
+    assert after == {a_first.task_id: None, b_first.task_id: None,
+                     a_second.task_id: a_first.task_id, b_second.task_id: b_first.task_id}
+    # Model b's first task finishing (and its version in production) changes nothing for model a.
+    trained(env, b_first.task_id, 1, "deeplabv3_resnet101")
+    with session_scope(sessions) as s:
+        s.add(Alias(model_id=model_id(env, "b"), name="production", version=1))
+    trained(env, b_second.task_id, 2, "deeplabv3_resnet101")
+    a_third = register(env, tmp_path, {"classes": ["owl"]})
+    b_third = register(env, tmp_path, {"classes": ["owl"]}, model="b")
+    with sessions() as s:
+        assert (s.get(Task, a_third.task_id).spec["after_task_id"], s.get(Task, a_third.task_id).parent_version) == (
+            a_second.task_id, None)
+        assert (s.get(Task, b_third.task_id).spec["after_task_id"], s.get(Task, b_third.task_id).parent_version) == (
+            None, 1)
+
+
+def test_class_indices_and_names_are_per_model(env, tmp_path):
+    """The same class names in two models: each model numbers its classes from 1, and one
+    model's classes (or burnt indices) never collide with another's."""
+    new_model(env, "b")
+    a = register(env, tmp_path, {"classes": ["cat", "dog"]})
+    b = register(env, tmp_path, {"classes": ["dog", "cat"]}, model="b")
+    assert classes_of(env) == {0: ("background", None), 1: ("cat", a.task_id), 2: ("dog", a.task_id)}
+    assert classes_of(env, "b") == {0: ("background", None), 1: ("dog", b.task_id), 2: ("cat", b.task_id)}
+    # also_labelled names the model's own classes; another model's are unknown here.
+    new_model(env, "c")
+    with pytest.raises(UploadRejected, match="also_labelled names classes that model 'c' does not have: cat"):
+        register(env, tmp_path, {"classes": ["owl"], "also_labelled": ["cat"]}, model="c")
+    # Burnt indices are the model's own: cancelling in a does not move b's numbering.
+    with session_scope(env[1]) as s:
+        assert cancel_task(s, a.task_id) is True
+    b_next = register(env, tmp_path, {"classes": ["owl"], "also_labelled": ["cat"]}, model="b")
+    a_next = register(env, tmp_path, {"classes": ["owl"]})
+    with env[1]() as s:
+        assert s.get(Task, b_next.task_id).spec["assigned_classes"] == {"owl": 3}
+        assert s.get(Task, a_next.task_id).spec["assigned_classes"] == {"owl": 3}  # 1 and 2 stay burnt in a
+    assert classes_of(env)[3] == ("owl", a_next.task_id) and 1 not in classes_of(env)
+    assert classes_of(env, "b")[3] == ("owl", b_next.task_id) and classes_of(env, "b")[1][0] == "dog"
+
+
+def test_each_models_first_task_chooses_its_architecture(env, tmp_path):
+    _, sessions, _ = env
+    new_model(env, "b")
+    register(env, tmp_path, {"classes": ["cat"], "architecture": "lraspp_mobilenet_v3_large"})
+    b = register(env, tmp_path, {"classes": ["cat"], "architecture": "fcn_resnet50"}, model="b")
+    with sessions() as s:
+        assert s.get(Task, b.task_id).spec["architecture"] == "fcn_resnet50"
+        assert {m.name: m.architecture for m in s.scalars(select(Model))} == {
+            "m": "lraspp_mobilenet_v3_large", "b": "fcn_resnet50"}
+    with pytest.raises(UploadRejected, match="model 'b' is a 'fcn_resnet50'"):
+        register(env, tmp_path, {"classes": ["dog"], "architecture": "lraspp_mobilenet_v3_large"}, model="b")

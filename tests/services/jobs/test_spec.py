@@ -13,10 +13,11 @@ from services.jobs.spec import ResolvedSpec, TaskSpec, parse_spec
 from services.learning.config import StepConfig, TrainConfig
 
 # A task row's JSON exactly as registration wrote it before ResolvedSpec existed (a palette task
-# queued behind another one, with loss weights and a seed).
+# queued behind another one, with loss weights and a seed), its field ``model`` renamed
+# ``architecture`` as migration 0003 does.
 OLD_ROW = {
     "classes": ["bicycle"], "method": "ld", "epochs": 12, "image_size": 256, "batch_size": 4, "val_fraction": 0.2,
-    "hyperparameters": {"lr": 0.001, "lambda_d": 10.0, "seed": 7}, "model": "lraspp_mobilenet_v3_large",
+    "hyperparameters": {"lr": 0.001, "lambda_d": 10.0, "seed": 7}, "architecture": "lraspp_mobilenet_v3_large",
     "mask_format": "palette", "palette": {"bicycle": [0, 128, 192], "car": [64, 0, 128]}, "also_labelled": ["car"],
     "after_task_id": "0f" * 16, "assigned_classes": {"bicycle": 3},
 }
@@ -24,7 +25,7 @@ OLD_ROW = {
 
 def test_a_row_written_before_the_typed_spec_reads_back_and_round_trips() -> None:
     spec = ResolvedSpec.of(Task(spec=OLD_ROW))
-    assert spec.method == "ld" and spec.model == "lraspp_mobilenet_v3_large" and spec.after_task_id == "0f" * 16
+    assert spec.method == "ld" and spec.architecture == "lraspp_mobilenet_v3_large" and spec.after_task_id == "0f" * 16
     assert spec.assigned_classes == {"bicycle": 3} and spec.palette == {"bicycle": (0, 128, 192), "car": (64, 0, 128)}
     assert spec.hyperparameters.lr == 0.001 and spec.hyperparameters.momentum is None
     assert spec.stored() == OLD_ROW
@@ -32,7 +33,8 @@ def test_a_row_written_before_the_typed_spec_reads_back_and_round_trips() -> Non
 
 def test_index_masks_store_no_palette_and_only_the_hyperparameters_given() -> None:
     client = parse_spec('{"classes": ["cat"], "hyperparameters": {"lambda_u": 3}}')
-    stored = ResolvedSpec.model_validate({**client.model_dump(), "method": "mib", "model": "fcn_resnet50"}).stored()
+    resolved = {**client.model_dump(), "method": "mib", "architecture": "fcn_resnet50"}
+    stored = ResolvedSpec.model_validate(resolved).stored()
     assert "palette" not in stored and stored["hyperparameters"] == {"lambda_u": 3.0}
     assert stored["after_task_id"] is None and stored["assigned_classes"] == {}
 
@@ -80,3 +82,16 @@ def test_new_methods_and_engine_settings_reach_the_step() -> None:
         parse_spec('{"classes": ["cat"], "hyperparameters": {"batchnorm": "sometimes"}}')
     with pytest.raises(UploadRejected, match="hyperparameters.class_balance"):
         parse_spec('{"classes": ["cat"], "hyperparameters": {"class_balance": 2}}')
+
+
+def test_the_architecture_is_named_architecture_and_model_is_refused_naming_it() -> None:
+    """``model`` now names the lineage (in the URL); a client still sending the old field is told
+    the new name rather than having its architecture silently ignored."""
+    assert parse_spec('{"classes": ["cat"], "architecture": "fcn_resnet50"}').architecture == "fcn_resnet50"
+    assert parse_spec('{"classes": ["cat"]}').architecture is None
+    with pytest.raises(UploadRejected, match="`model` is now `architecture`"):
+        parse_spec('{"classes": ["cat"], "model": "fcn_resnet50"}')
+    with pytest.raises(UploadRejected, match="unknown architecture 'resnet9000'"):
+        parse_spec('{"classes": ["cat"], "architecture": "resnet9000"}')
+    stored = ResolvedSpec.model_validate({"classes": ["cat"], "method": "mib", "architecture": "fcn_resnet50"}).stored()
+    assert stored["architecture"] == "fcn_resnet50" and "model" not in stored

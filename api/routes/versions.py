@@ -1,0 +1,74 @@
+"""A model's versions: list, detail (scores, lineage, forgetting, promotion decision), deletion.
+
+``{version}`` is a version number or an alias name (``production``, ``latest``, ``candidate``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
+
+from api.deps import AdminModelDep, ReadModelDep, SessionDep, StateDep
+from api.schemas.versions import VersionDetail, VersionSummary
+from services.db.models import ModelVersion
+from services.registry.aliases import aliases_by_version
+from services.registry.report import VersionReport, describe_version
+from services.registry.versions import delete_version, list_versions, resolve_version
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/models/{name}/versions", tags=["versions"])
+NOT_FOUND = {404: {"description": "no such model, version or alias"}}
+VersionRef = Annotated[str, Path(min_length=1, max_length=64, description="A version number or an alias name.")]
+
+
+def summary(model_name: str, row: ModelVersion, aliases: list[str]) -> dict:
+    return {
+        "model": model_name, "version": row.version, "parent": row.parent_version, "task_id": row.task_id,
+        "architecture": row.architecture, "method": row.method, "num_classes": row.num_classes,
+        "miou": {"old": row.miou_old, "new": row.miou_new, "all": row.miou_all},
+        "aliases": aliases, "created_at": row.created_at,
+    }
+
+
+def detail(model_name: str, report: VersionReport) -> dict:
+    row = report.version
+    return {
+        **summary(model_name, row, report.aliases),
+        "lineage": report.lineage,
+        "hyperparameters": row.hyperparameters,
+        "checkpoint": {"key": row.checkpoint_key, "sha256": row.checkpoint_sha256, "bytes": row.checkpoint_bytes},
+        "iou": {c.name: c.iou for c in report.classes},
+        "forgetting": {c.name: c.forgetting for c in report.classes if c.forgetting is not None},
+        "classes": [vars(c) for c in report.classes],
+        "promotion": report.promotion.as_dict(),
+    }
+
+
+@router.get("", response_model=list[VersionSummary], responses={404: {"description": "no such model"}})
+def get_versions(model: ReadModelDep, session: SessionDep) -> list[dict]:
+    aliases = aliases_by_version(session, model.id)
+    return [summary(model.name, row, aliases.get(row.version, [])) for row in list_versions(session, model.id)]
+
+
+@router.get("/{version}", response_model=VersionDetail, responses=NOT_FOUND)
+def get_version(model: ReadModelDep, version: VersionRef, session: SessionDep, state: StateDep) -> dict:
+    return detail(model.name, describe_version(session, state.settings, model, version))
+
+
+@router.delete("/{version}", status_code=status.HTTP_204_NO_CONTENT, responses={
+    **NOT_FOUND, 409: {"description": "it is production, a parent of other versions, or tasks are pending"}})
+def remove_version(model: AdminModelDep, version: VersionRef, session: SessionDep, state: StateDep) -> Response:
+    """Delete a version and its checkpoint. The production version, and versions others descend
+    from, cannot be deleted."""
+    row = resolve_version(session, model.id, version)
+    key = delete_version(session, model.id, row.version)
+    session.commit()
+    state.inference.refresh()
+    try:
+        state.store.delete(key)
+    except Exception:  # the row is gone: the object is garbage, not a dangling reference
+        log.exception("version %s of model %r is deleted but its checkpoint %s could not be", row.version,
+                      model.name, key)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
