@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # --- the worker ----------------------------------------------------------------------
     training_queue: str = "training"
     worker_concurrency: int = Field(1, ge=1, description="Training processes per worker: one per GPU.")
+    worker_threads: int | None = Field(None, ge=1, le=1024, description=(
+        "CPU threads of each training process (OMP_NUM_THREADS); default: the cores shared among the "
+        "worker's processes. Set it when several workers share one host's CPUs."))
 
     @field_validator("database_url")
     @classmethod

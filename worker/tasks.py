@@ -15,6 +15,7 @@ from services.jobs.errors import NotReady
 from services.jobs.heartbeats import record_heartbeat, worker_name
 from worker.app import app
 from worker.gpus import device_for_child
+from worker.threads import threads_for_child
 
 log = logging.getLogger(__name__)
 _sessions = None
@@ -23,14 +24,19 @@ RETRY_NOT_READY_S = 15
 
 @worker_process_init.connect
 def _fresh_resources_after_fork(**_: object) -> None:
-    """Each pool process opens its own database connections (never share them across fork) and
-    sees its own GPU (set before anything in it initialises CUDA)."""
+    """Each pool process opens its own database connections (never share them across fork), sees
+    its own GPU (set before anything in it initialises CUDA) and its share of the CPU threads."""
     global _sessions
     _sessions = None
-    device = device_for_child(getattr(current_process(), "index", 0), get_settings().worker_concurrency,
+    settings = get_settings()
+    device = device_for_child(getattr(current_process(), "index", 0), settings.worker_concurrency,
                               os.environ.get("CUDA_VISIBLE_DEVICES"))
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
+    threads = threads_for_child(settings.worker_threads, settings.worker_concurrency, os.cpu_count(),
+                                os.environ.get("OMP_NUM_THREADS"))
+    if threads is not None:  # read by torch when the first task imports it, in this process
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def sessions():

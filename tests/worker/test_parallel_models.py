@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def two_workers(prepared):
     """Two Celery worker processes on the same broker and queue (distinct node names)."""
     procs, logs = [], []
-    env = {**os.environ, **settings_env(prepared)}
+    # One CPU thread each: two torch processes with a thread per core each would crowd 2 CI cores.
+    env = {**os.environ, **settings_env(prepared.model_copy(update={"worker_threads": 1}))}
     for i in range(2):
         command = [arg.replace("strata-training@", f"strata-training-{i}@") for arg in worker_command(prepared)]
         log = prepared.data_dir / f"worker-{i}.log"
