@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from services.registry.classes import class_colour, colour_hex
-from tests.api.test_auth import bearer, make_key
 from tests.api.test_models import new_model, register, upload
 from tests.services.test_registry import seed_lineage
 
@@ -15,16 +14,6 @@ from tests.services.test_registry import seed_lineage
 def lineage(client, prepared) -> None:
     """Model "m": v1 (background, cat, dog) -> v2 (+ bird) -> v3 (+ fish)."""
     seed_lineage(client.app.state.strata.sessions, prepared)
-
-
-@pytest.fixture
-def admin(client) -> dict[str, str]:
-    return bearer(make_key(client, ["admin"], "admin"))
-
-
-@pytest.fixture
-def reader(client) -> dict[str, str]:
-    return bearer(make_key(client, ["infer"], "reader"))
 
 
 def test_classes(client, reader, lineage):

@@ -35,7 +35,6 @@ from services.jobs.plan import build_plan
 from services.jobs.record import record_step
 from services.learning.zoo import build_model
 from services.registry.models import get_model
-from tests.api.test_auth import bearer, make_key
 from tests.services.test_registry import score
 
 ARCH = "lraspp_mobilenet_v3_large"  # small: its checkpoints are quick to write
@@ -114,16 +113,6 @@ def owned_rows(client, mid: int) -> dict[str, int]:
 
 def objects(client, prefix: str = "") -> list[str]:
     return sorted(o.key for o in client.app.state.strata.store.list(prefix))
-
-
-@pytest.fixture
-def admin(client) -> dict[str, str]:
-    return bearer(make_key(client, ["admin"], "admin"))
-
-
-@pytest.fixture
-def reader(client) -> dict[str, str]:
-    return bearer(make_key(client, ["infer"], "reader"))
 
 
 # --- creating and reading --------------------------------------------------------------------------

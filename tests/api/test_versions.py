@@ -25,16 +25,6 @@ def lineage(client, prepared) -> None:
     seed_lineage(client.app.state.strata.sessions, prepared)
 
 
-@pytest.fixture
-def admin(client) -> dict[str, str]:
-    return bearer(make_key(client, ["admin"], "admin"))
-
-
-@pytest.fixture
-def reader(client) -> dict[str, str]:
-    return bearer(make_key(client, ["infer"], "reader"))
-
-
 def test_no_versions_yet(client, admin, reader):
     new_model(client, admin)
     assert client.get("/models/m/versions", headers=reader).json() == []
