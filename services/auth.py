@@ -125,6 +125,8 @@ def _insert(session: Session, name: str, scopes: Iterable[str], plaintext: str,
     name = name.strip()
     if not name or len(name) > 128:
         raise AuthError("a key's name must be 1 to 128 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise AuthError("name: a key's name cannot hold control characters")
     if models is not None and not models:
         raise AuthError("models: a key limited to models needs at least one (leave `models` out for every model)")
     row = ApiKey(name=name, prefix=display_prefix(plaintext), key_hash=hash_key(plaintext),

@@ -10,6 +10,7 @@ database, a filesystem object store and a filesystem Celery broker).  Production
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -146,8 +147,16 @@ def _explain(err: ValidationError) -> str:
     return "invalid configuration: " + "; ".join(lines)
 
 
+# Variables a release renamed: set, they would be ignored without a word.
+RENAMED = {f"{ENV_PREFIX}INFERENCE_CACHE_SIZE": f"{ENV_PREFIX}INFERENCE_MAX_LOADED"}
+
+
 def load_settings(**overrides) -> Settings:
     """Read the environment (plus explicit overrides); raise SettingsError naming the variable."""
+    for old, new in RENAMED.items():
+        if old in os.environ:
+            raise SettingsError(f"invalid configuration: {old} was renamed {new} (it now counts the versions of "
+                                "every model); set that instead")
     try:
         return Settings(**overrides)
     except ValidationError as err:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from api.deps import ReadModelDep, SessionDep
 from api.schemas.versions import ClassPublic
 from services.registry.classes import class_colour, colour_hex, list_classes
-from services.registry.versions import resolve_version
+from services.registry.versions import VERSION_REF_PATTERN, resolve_version
 
 router = APIRouter(prefix="/models/{name}/classes", tags=["classes"])
 
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/models/{name}/classes", tags=["classes"])
 @router.get("", response_model=list[ClassPublic], responses={404: {"description": "no such model or version"}})
 def get_classes(
     model: ReadModelDep, session: SessionDep,
-    version: Annotated[str | None, Query(min_length=1, max_length=64, description=(
+    version: Annotated[str | None, Query(max_length=64, pattern=VERSION_REF_PATTERN, description=(
         "A version number or alias: only the classes that version predicts."))] = None,
 ) -> list[dict]:
     rows = list_classes(session, model.id)

@@ -20,6 +20,7 @@ from services.registry.models import (
     create_model,
     delete_model,
     list_models,
+    model_by_id,
     summarize,
     update_model,
 )
@@ -95,7 +96,8 @@ async def remove_model(
 
 def _delete(state: AppState, model_id: int, confirm: str | None) -> ModelObjects:
     with session_scope(state.sessions) as session:
-        return delete_model(session, session.get(Model, model_id), confirm)
+        # The row lock: a registration into this model waits for the deletion, then finds it gone.
+        return delete_model(session, model_by_id(session, model_id, for_update=True), confirm)
 
 
 def _delete_objects(store: ObjectStore, model_id: int, objects: ModelObjects) -> None:

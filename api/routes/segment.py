@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import InferModelDep, StateDep
 from services.inference.images import class_pixel_counts, decode_image, encode_mask_png
 from services.inference.service import Segmentation
+from services.registry.versions import VERSION_REF_PATTERN
 
 router = APIRouter(tags=["inference"])
 PNG = "image/png"
@@ -64,7 +65,7 @@ async def segment(
     state: StateDep,
     model: InferModelDep,
     image: Annotated[UploadFile, File(description="The image to segment (PNG, JPEG, ...).")],
-    version: Annotated[str | None, Query(min_length=1, max_length=64,
+    version: Annotated[str | None, Query(max_length=64, pattern=VERSION_REF_PATTERN,
                                          description="A version number or alias; default: production.")] = None,
 ) -> Response:
     """Segment one image with the model's production version (or ``version``)."""

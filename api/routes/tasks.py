@@ -65,7 +65,7 @@ async def create_task(
     workdir = await run_in_threadpool(_new_workdir, state.settings.data_dir)
     try:
         received = await _receive(request, workdir)
-        registration, view = await run_in_threadpool(_register, state, model.name, received, workdir,
+        registration, view = await run_in_threadpool(_register, state, model.id, received, workdir,
                                                      idempotency_key)
     finally:
         await run_in_threadpool(shutil.rmtree, workdir, True)
@@ -100,9 +100,9 @@ async def _receive(request: Request, workdir: Path) -> Received:
         spool.close()
 
 
-def _register(state: AppState, model_name: str, received: Received, workdir: Path,
+def _register(state: AppState, model_id: int, received: Received, workdir: Path,
               key: str | None) -> tuple[Registration, TaskView]:
-    registration = register_task(state.sessions, state.store, model_name, received, workdir,
+    registration = register_task(state.sessions, state.store, model_id, received, workdir,
                                  IngestLimits.from_settings(state.settings), idempotency_key=key)
     if registration.created:
         _enqueue(state, registration.task_id)

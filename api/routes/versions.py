@@ -15,12 +15,13 @@ from api.schemas.versions import VersionDetail, VersionSummary
 from services.db.models import ModelVersion
 from services.registry.aliases import aliases_by_version
 from services.registry.report import VersionReport, describe_version
-from services.registry.versions import delete_version, list_versions, resolve_version
+from services.registry.versions import VERSION_REF_PATTERN, delete_version, list_versions, resolve_version
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/models/{name}/versions", tags=["versions"])
 NOT_FOUND = {404: {"description": "no such model, version or alias"}}
-VersionRef = Annotated[str, Path(min_length=1, max_length=64, description="A version number or an alias name.")]
+VersionRef = Annotated[str, Path(max_length=64, pattern=VERSION_REF_PATTERN,
+                                 description="A version number or an alias name.")]
 
 
 def summary(model_name: str, row: ModelVersion, aliases: list[str]) -> dict:

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.registry.models import MODEL_NAME_PATTERN
+
 Scope = Literal["admin", "infer", "read"]
 
 
@@ -18,7 +20,8 @@ class KeyCreate(BaseModel):
     scopes: list[Scope] = Field(min_length=1, description=(
         "'admin': models, tasks, aliases (and keys, for a key of every model); 'infer': segmentation and "
         "reading; 'read': reading only."))
-    models: list[Annotated[str, Field(max_length=64)]] | None = Field(None, min_length=1, max_length=1000, description=(
+    models: list[Annotated[str, Field(pattern=f"^{MODEL_NAME_PATTERN}$")]] | None = Field(
+        None, min_length=1, max_length=1000, description=(
         "Limit the key to these models (by name); leave out for every model."))
 
 

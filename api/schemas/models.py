@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
 
-from services.registry.models import MAX_DESCRIPTION_CHARS, MODEL_NAME_PATTERN
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from services.registry.models import MAX_DESCRIPTION_CHARS, MODEL_NAME_PATTERN, has_control_characters
+
+
+def _no_control_characters(text: str) -> str:
+    if has_control_characters(text):
+        raise ValueError("control characters are not allowed (line breaks and tabs are)")
+    return text
+
+
+Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS), AfterValidator(_no_control_characters)]
 
 
 class ModelCreate(BaseModel):
@@ -15,7 +26,7 @@ class ModelCreate(BaseModel):
 
     name: str = Field(pattern=f"^{MODEL_NAME_PATTERN}$", description=(
         "Unique, used in URLs: letters, digits, '.', '_' or '-', starting with a letter or digit; at most 64."))
-    description: str = Field("", max_length=MAX_DESCRIPTION_CHARS)
+    description: Description = ""
 
 
 class ModelUpdate(BaseModel):
@@ -24,7 +35,7 @@ class ModelUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"auto_promote": False}, {"promote_max_old_miou_drop": 2.5, "description": "stricter"}]})
 
-    description: str | None = Field(None, max_length=MAX_DESCRIPTION_CHARS)
+    description: Description | None = None
     auto_promote: bool | None = Field(None, description="Promote new versions that pass the policy by themselves "
                                                         "(null: STRATA_AUTO_PROMOTE).")
     promote_max_old_miou_drop: float | None = Field(None, ge=0, le=100, description=(

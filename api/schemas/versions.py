@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from services.registry.versions import MAX_VERSION
 
@@ -77,7 +77,7 @@ class AliasPublic(BaseModel):
 class AliasMove(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 3}]})
 
-    version: int = Field(ge=1, le=MAX_VERSION, description="The version the alias will name.")
+    version: StrictInt = Field(ge=1, le=MAX_VERSION, description="The version the alias will name.")
 
 
 class AliasMoved(BaseModel):

@@ -68,6 +68,7 @@ def upgrade() -> None:
         sa.Column("architecture", sa.String(length=64), nullable=True),
         sa.Column("auto_promote", sa.Boolean(), nullable=True),
         sa.Column("promote_max_old_miou_drop", sa.Double(), nullable=True),
+        sa.Column("last_version", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_models")),
@@ -96,6 +97,9 @@ def upgrade() -> None:
         with op.batch_alter_table(table) as batch:
             batch.create_foreign_key(name, referred, local, remote, ondelete=ondelete)
     op.create_index("ix_tasks_model_id_created_at", "tasks", ["model_id", "created_at"])
+    with op.batch_alter_table("tasks") as batch:  # an Idempotency-Key is one client's, within one model
+        batch.drop_constraint("uq_tasks_idempotency_key", type_="unique")
+        batch.create_unique_constraint("uq_tasks_model_id_idempotency_key", ["model_id", "idempotency_key"])
     with op.batch_alter_table("api_keys") as batch:
         batch.add_column(sa.Column("all_models", sa.Boolean(), server_default=sa.true(), nullable=False))
     op.create_table(
@@ -109,6 +113,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("key_id", "model_id", name=op.f("pk_api_key_models")),
     )
     _rename_spec_field(bind, "model", "architecture")
+    _check_foreign_keys(bind)
 
 
 def downgrade() -> None:
@@ -122,6 +127,9 @@ def downgrade() -> None:
     op.drop_table("api_key_models")
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("all_models")
+    with op.batch_alter_table("tasks") as batch:
+        batch.drop_constraint("uq_tasks_model_id_idempotency_key", type_="unique")
+        batch.create_unique_constraint("uq_tasks_idempotency_key", ["idempotency_key"])
     op.drop_index("ix_tasks_model_id_created_at", table_name="tasks")
     for table, name, *_ in COMPOSITE_FKS:
         with op.batch_alter_table(table) as batch:
@@ -139,6 +147,7 @@ def downgrade() -> None:
             batch.drop_column("model_id")
     _create_old_foreign_keys()
     op.drop_table("models")
+    _check_foreign_keys(bind)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -156,10 +165,11 @@ def _create_default_model(bind: sa.Connection) -> None:
     created = bind.execute(sa.select(tasks.c.created_at).order_by(tasks.c.created_at).limit(1)).scalar()
     now = datetime.now(timezone.utc)
     models = sa.table("models", sa.column("id"), sa.column("name"), sa.column("description"),
-                      sa.column("architecture"), sa.column("created_at", TIMESTAMP),
+                      sa.column("architecture"), sa.column("last_version"), sa.column("created_at", TIMESTAMP),
                       sa.column("updated_at", TIMESTAMP))
+    last = bind.execute(sa.text("SELECT MAX(version) FROM model_versions")).scalar() or 0
     bind.execute(models.insert().values(
-        id=DEFAULT_MODEL_ID, name=DEFAULT_MODEL, architecture=architecture,
+        id=DEFAULT_MODEL_ID, name=DEFAULT_MODEL, architecture=architecture, last_version=last,
         description="The model of this deployment before it held several (migration 0003).",
         created_at=created or now, updated_at=now))
     if bind.dialect.name == "postgresql":  # the explicit id must not collide with the sequence later
@@ -176,6 +186,15 @@ def _create_old_foreign_keys() -> None:
     for table, name, local, referred, remote, ondelete in COMPOSITE_FKS:
         with op.batch_alter_table(table) as batch:
             batch.create_foreign_key(name, referred, local[1:], remote[1:], ondelete=ondelete)
+
+
+def _check_foreign_keys(bind: sa.Connection) -> None:
+    """SQLite rebuilt the tables with foreign keys off (services/db/migrate.py): check every row
+    still satisfies them before this transaction commits."""
+    if bind.dialect.name == "sqlite":
+        broken = bind.execute(sa.text("PRAGMA foreign_key_check")).all()
+        if broken:
+            raise RuntimeError(f"migration 0003 left rows that break foreign keys: {broken[:5]}")
 
 
 def _as_dict(value: object) -> dict:

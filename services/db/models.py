@@ -77,6 +77,9 @@ class Model(Base):
     # The promotion policy of this model; NULL = the service's setting (STRATA_AUTO_PROMOTE, ...).
     auto_promote: Mapped[bool | None]
     promote_max_old_miou_drop: Mapped[float | None]
+    # The highest version number ever recorded: numbers are never reused, even after a deletion
+    # (a cached copy or a client's note of "version 3" must never mean other weights).
+    last_version: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -108,6 +111,7 @@ class Task(Base):
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
         Index("ix_tasks_status_created_at", "status", "created_at"),
         Index("ix_tasks_model_id_created_at", "model_id", "created_at"),
+        UniqueConstraint("model_id", "idempotency_key"),
         ForeignKeyConstraint(["model_id", "parent_version"], ["model_versions.model_id", "model_versions.version"],
                              name="fk_tasks_parent_version_model_versions", use_alter=True),
         ForeignKeyConstraint(["model_id", "model_version"], ["model_versions.model_id", "model_versions.version"],
@@ -121,7 +125,7 @@ class Task(Base):
     spec: Mapped[dict[str, Any]]
     progress: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))  # unique within the model
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     parent_version: Mapped[int | None]
     # The version this task produced (set in the same transaction that inserts the version).

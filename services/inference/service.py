@@ -46,6 +46,7 @@ from services.inference.batcher import DynamicBatcher
 from services.inference.errors import ModelLoadError, ModelUnavailable, NoModelYet, NoProductionVersion
 from services.inference.predictor import Predictor, VersionSpec
 from services.registry.aliases import PRODUCTION, production_versions
+from services.registry.models import model_by_id
 from services.registry.versions import get_version, parse_version_number, resolve_version
 from services.storage import ObjectStore
 
@@ -102,6 +103,7 @@ class ModelView:
 @dataclass(frozen=True)
 class RegistryView:
     models: dict[int, ModelView] = field(default_factory=dict)
+    versions: frozenset[Key] = frozenset()  # every (model id, version) that exists
 
 
 class InferenceService:
@@ -256,7 +258,9 @@ class InferenceService:
             if served is not None:
                 return served
             spec = spec or await asyncio.to_thread(self._spec_of, model_id, number)
-            await _wait(self._load(spec))
+            served = self._lease(await _wait(self._load(spec)))
+            if served is not None:
+                return served
         raise ModelUnavailable(
             f"model version {number} was loaded but evicted again before it could answer: too many versions "
             f"in use at once for STRATA_INFERENCE_MAX_LOADED={self._budget}")
@@ -300,6 +304,14 @@ class InferenceService:
             self._use_locked(served)
             return served
 
+    def _lease(self, served: Served) -> Served | None:
+        """A lease on a version just loaded for a request (None: it was closed again meanwhile)."""
+        with self._lock:
+            if served.closed:
+                return None
+            self._use_locked(served)
+            return served
+
     def _use_locked(self, served: Served) -> None:
         served.users += 1
         if self._cache.get(served.key) is served:
@@ -311,8 +323,11 @@ class InferenceService:
             close = served.retired and served.users == 0 and not served.closed
             if close:
                 served.closed = True
-        if close:
-            served.batcher.close(wait=False)
+            closing = [served] if close else []
+            if len(self._cache) > self._budget:  # a version loaded past the budget for this request
+                closing += self._evict_locked()
+        for s in closing:
+            s.batcher.close(wait=False)
 
     # --- loading -----------------------------------------------------------------------------
     def _load(self, spec: VersionSpec) -> Future:
@@ -373,16 +388,16 @@ class InferenceService:
         return served
 
     def _evict_locked(self, keep: Served | None = None) -> list[Served]:
-        """Drop least recently used versions past the budget: other versions first, production
-        versions only when they alone fill it, never ``keep`` (a version just loaded for a request:
-        so one more than the budget may stay loaded for a while). Returns those to close now; the
-        others close when their last request ends."""
+        """Drop least recently used versions past the budget: other versions first; production
+        versions only when they alone overfill it; never ``keep`` (a version just loaded for a
+        request: it may stay one past the budget until that request ends, then ``_release``
+        evicts again). Returns those to close now; the others close when their last request ends."""
         closing = []
         while len(self._cache) > self._budget:
             pinned = {id(s) for s in self._production.values()}
             candidates = [k for k, s in self._cache.items() if s is not keep]
             victim = next((k for k in candidates if id(self._cache[k]) not in pinned), None)
-            if victim is None:
+            if victim is None and sum(id(s) in pinned for s in self._cache.values()) > self._budget:
                 victim = next(iter(candidates), None)
             if victim is None:
                 break
@@ -428,8 +443,11 @@ class InferenceService:
                 for model_id in [m for m in self._production if m not in view.models or
                                  view.models[m].production is None]:
                     del self._production[model_id]  # the alias or the model is gone: nothing by default
-                gone = [k for k in self._cache if k[0] not in view.models]  # a deleted model's versions
+                # Versions deleted since, and the versions of deleted models, are served no more.
+                gone = [k for k in self._cache if k not in view.versions]
                 closing = [s for s in (self._cache.pop(k) for k in gone) if self._retire_locked(s)]
+                for key in [k for k in self._failed if k not in view.versions]:
+                    del self._failed[key]
                 todo = self._to_load_locked(view, wanted)
             for served in closing:
                 served.batcher.close(wait=False)
@@ -450,6 +468,9 @@ class InferenceService:
             if m.production is None or m.spec is None:
                 continue
             current = self._production.get(m.model_id)
+            if current is not None and (current.closed or current.retired):
+                del self._production[m.model_id]  # evicted: load it again like a missing one
+                current = None
             if current is not None:
                 if current.version != m.production:
                     todo.append(m)
@@ -460,7 +481,7 @@ class InferenceService:
 
     def _swap(self, m: ModelView, served: Served) -> None:
         with self._lock:
-            if served.closed:
+            if served.closed or served.retired:
                 return  # evicted meanwhile (tiny budget): the next sync or request loads it again
             previous = self._production.get(m.model_id)
             self._production[m.model_id] = served
@@ -477,7 +498,9 @@ class InferenceService:
         with self._sessions() as session:
             models = session.execute(select(Model.id, Model.name)).all()
             productions = production_versions(session)
-            with_versions = set(session.scalars(select(ModelVersion.model_id).distinct()))
+            rows = session.execute(select(ModelVersion.model_id, ModelVersion.version))
+            versions = frozenset((model_id, version) for model_id, version in rows)
+            with_versions = {model_id for model_id, _ in versions}
             views = {}
             for model_id, name in models:
                 version = productions.get(model_id)
@@ -488,11 +511,11 @@ class InferenceService:
                     except ModelLoadError as err:
                         problem = str(err)
                 views[model_id] = ModelView(model_id, name, version, model_id in with_versions, spec, problem)
-            return RegistryView(views)
+            return RegistryView(views, versions)
 
     def _spec_of(self, model_id: int, ref: str | int) -> VersionSpec:
         with self._sessions() as session:
-            name = session.get(Model, model_id).name
+            name = model_by_id(session, model_id).name
             return VersionSpec.from_row(resolve_version(session, model_id, ref), name)
 
 

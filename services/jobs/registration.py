@@ -43,7 +43,7 @@ from services.jobs.spec import ResolvedSpec, TaskSpec, parse_spec
 from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, MAX_CLASS_INDEX
 from services.learning.names import DEFAULT_ARCHITECTURE, DEFAULT_METHOD
 from services.registry.aliases import production_version
-from services.registry.models import get_model
+from services.registry.models import model_by_id
 from services.storage import InvalidKey, ObjectInfo, ObjectStore
 from services.storage.keys import dataset_image_key, dataset_mask_key, dataset_prefix
 
@@ -100,20 +100,20 @@ class _Stored:
 
 
 # --- the whole registration ------------------------------------------------------------------
-def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_name: str, received: Received,
+def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id: int, received: Received,
                   workdir: Path, limits: IngestLimits, *, idempotency_key: str | None = None) -> Registration:
     """Validate ``received`` (a ``spec`` text and files ``images`` + ``masks`` or one ``archive``),
-    store it and record a queued task of the model ``model_name``. Raises UploadRejected naming
+    store it and record a queued task of the model ``model_id``. Raises UploadRejected naming
     what is wrong (file, field), ModelNotFound, or RegistrationConflict when the model's state
     forbids it."""
     if idempotency_key is not None:
         with session_scope(sessions) as session:
-            earlier = replay(session, get_model(session, model_name), idempotency_key, received.sha256)
+            earlier = replay(session, model_by_id(session, model_id), idempotency_key, received.sha256)
         if earlier is not None:
             return Registration(earlier.id, created=False)
     spec = parse_spec(received.texts.get("spec"))
     with session_scope(sessions) as session:
-        model_id = plan(session, model_name, spec).model.id  # fail fast on names and architecture
+        plan(session, model_id, spec)  # fail fast on names and architecture
     items = prepare_items(collect_pairs(received, workdir, limits), mask_format(spec), limits.max_pixels,
                           workdir / "masks")
     task_id = new_task_id()
@@ -121,7 +121,7 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_nam
     try:
         stored = _store_all(store, items, keys)
         with session_scope(sessions) as session:
-            _record(session, model_name, task_id, spec, stored, idempotency_key, received.sha256)
+            _record(session, model_id, task_id, spec, stored, idempotency_key, received.sha256)
         return Registration(task_id, created=True)
     except _Replayed as race:  # a concurrent request with the same key committed first
         _clean_up(store, model_id, task_id)
@@ -132,9 +132,11 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_nam
 
 
 def replay(session: Session, model: Model, key: str, request_sha256: str) -> Task | None:
-    """The task an earlier request with this Idempotency-Key created (same model and body), or None."""
-    task = session.scalars(select(Task).where(Task.idempotency_key == key)).one_or_none()
-    if task is not None and (task.request_sha256 != request_sha256 or task.model_id != model.id):
+    """The task an earlier request to this model with this Idempotency-Key created (same body), or
+    None. Keys are the client's, per model: another model's tasks are never looked at."""
+    stmt = select(Task).where(Task.model_id == model.id, Task.idempotency_key == key)
+    task = session.scalars(stmt).one_or_none()
+    if task is not None and task.request_sha256 != request_sha256:
         raise IdempotencyMismatch(
             f"Idempotency-Key {key!r} was already used for a different request (task {task.id}); "
             "use a new key for a new request")
@@ -205,9 +207,9 @@ def validation_stems(stems: Sequence[str], task_id: str, fraction: float) -> set
 
 
 # --- the database -------------------------------------------------------------------------------
-def plan(session: Session, model_name: str, spec: TaskSpec) -> _Plan:
+def plan(session: Session, model_id: int, spec: TaskSpec) -> _Plan:
     """Check the spec against the model's state and resolve its defaults (no writes)."""
-    model = get_model(session, model_name)
+    model = model_by_id(session, model_id)
     _check_names(session, model, spec)
     pending = latest_pending(session, model.id)
     production = production_version(session, model.id)
@@ -295,15 +297,16 @@ def next_class_indices(session: Session, model_id: int, count: int) -> list[int]
     return list(range(used + 1, used + 1 + count))
 
 
-def _record(session: Session, model_name: str, task_id: str, spec: TaskSpec, stored: Sequence[_Stored],
+def _record(session: Session, model_id: int, task_id: str, spec: TaskSpec, stored: Sequence[_Stored],
             idempotency_key: str | None, request_sha256: str) -> Task:
     """The task, its classes and its items, in the caller's transaction."""
     _lock_registrations(session)
+    model = model_by_id(session, model_id, for_update=True)  # a deletion of the model waits, or went first
     if idempotency_key is not None:
-        earlier = replay(session, get_model(session, model_name), idempotency_key, request_sha256)
+        earlier = replay(session, model, idempotency_key, request_sha256)
         if earlier is not None:
             raise _Replayed(earlier.id)
-    planned = plan(session, model_name, spec)  # again, under the lock: the state may have moved meanwhile
+    planned = plan(session, model_id, spec)  # again, under the lock: the state may have moved meanwhile
     model = planned.model
     assigned = dict(zip(spec.classes, next_class_indices(session, model.id, len(spec.classes))))
     resolved = planned.spec.model_copy(update={"assigned_classes": assigned})

@@ -24,6 +24,7 @@ from services.registry.policy import PromotionPolicy
 MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 MAX_DESCRIPTION_CHARS = 2000
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _PENDING = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
 
 
@@ -57,8 +58,16 @@ def create_model(session: Session, name: str, description: str = "") -> Model:
     return row
 
 
+def has_control_characters(text: str) -> bool:
+    """True for NUL and the other control characters (PostgreSQL refuses NUL in text), not for line
+    breaks and tabs."""
+    return _CONTROL.search(text) is not None
+
+
 def _check_description(text: str | None) -> str:
     text = (text or "").strip()
+    if has_control_characters(text):
+        raise InvalidModel("description: control characters are not allowed (line breaks and tabs are)")
     if len(text) > MAX_DESCRIPTION_CHARS:
         raise InvalidModel(f"description has {len(text)} characters, the limit is {MAX_DESCRIPTION_CHARS}")
     return text
@@ -77,6 +86,15 @@ def get_model(session: Session, name: str, *, for_update: bool = False) -> Model
     row = session.scalars(stmt.with_for_update() if for_update else stmt).one_or_none()
     if row is None:
         raise ModelNotFound(f"no model named {name!r} ({_known(session)}); create it with POST /models")
+    return row
+
+
+def model_by_id(session: Session, model_id: int, *, for_update: bool = False) -> Model:
+    """The model with this id; ModelNotFound once it was deleted (a request that checked it by name
+    must not carry on into another model created under the same name meanwhile)."""
+    row = session.get(Model, model_id, with_for_update=for_update)
+    if row is None:
+        raise ModelNotFound(f"model {model_id} no longer exists: it was deleted")
     return row
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from services.config import Settings, get_settings
 from services.db.models import Alias, ClassMetric, Model, ModelVersion, SemanticClass, Task, TaskStatus
 from services.evaluation.metrics import forgetting_vs, iou_from_counts, mean
-from services.registry.aliases import LATEST, PRODUCTION, get_alias, set_alias
+from services.registry.aliases import ALIAS_PATTERN, LATEST, PRODUCTION, get_alias, set_alias
 from services.registry.errors import InvalidVersionRecord, VersionInUse, VersionNotFound
 from services.registry.models import promotion_policy
 from services.registry.policy import Candidate, PromotionDecision, decide
@@ -30,6 +30,8 @@ IOU_TOLERANCE = 1e-6
 Score = tuple[float | None, int, int, int]  # (iou or None, tp, fp, fn)
 MAX_VERSION = 2**31 - 1  # the column is a 32-bit integer on every database
 _NUMBER = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also accepts '²'
+# What may name a version in a URL: its number or an alias (checked at the edge: anything else is a 422).
+VERSION_REF_PATTERN = f"^([0-9]{{1,10}}|{ALIAS_PATTERN})$"
 
 
 def ious_of(version: ModelVersion) -> dict[int, float | None]:
@@ -83,7 +85,10 @@ def _known(session: Session, model_id: int) -> str:
 
 
 def next_version_number(session: Session, model_id: int) -> int:
-    return (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model_id)) or 0) + 1
+    """Above every version the model has, and every one it ever had (numbers are never reused)."""
+    newest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model_id)) or 0
+    last = session.scalar(select(Model.last_version).where(Model.id == model_id)) or 0
+    return max(newest, last) + 1
 
 
 def lineage(session: Session, model_id: int, version: int) -> list[ModelVersion]:
@@ -187,6 +192,8 @@ def record_version(
     )
     session.add(row)
     session.flush()  # the version must exist before the task and aliases point at it
+    model = session.get(Model, model_id)
+    model.last_version = max(model.last_version or 0, row.version)
     task.model_version = row.version
     production = get_alias(session, model_id, PRODUCTION, for_update=True)
     candidate = Candidate(row.version, parent_version, production, old, ious, parent_ious, classes)

@@ -80,7 +80,8 @@ def test_an_invalid_alias_name_is_422(client, admin, reader, lineage, name):
     assert aliases(client, reader) == {"latest": 3, "production": 2}
 
 
-@pytest.mark.parametrize("body", [{}, {"version": 0}, {"version": "two"}, {"version": 2**31},
+@pytest.mark.parametrize("body", [{}, {"version": 0}, {"version": "two"}, {"version": 2**31}, {"version": True},
+                                  {"version": "2"},
                                   {"version": 1, "alias": "x"}])
 def test_a_bad_body_is_422(client, admin, lineage, body):
     r = client.put("/models/m/aliases/candidate", json=body, headers=admin)

@@ -229,7 +229,8 @@ def test_key_lifecycle_through_the_api(client, keys):
 
 @pytest.mark.parametrize("body", [
     {"name": "x", "scopes": []}, {"name": "x", "scopes": ["root"]}, {"scopes": ["admin"]},
-    {"name": "x", "scopes": ["read"], "models": "m"}, {"name": "x", "scopes": ["read"], "everything": True}])
+    {"name": "x", "scopes": ["read"], "models": "m"}, {"name": "x", "scopes": ["read"], "everything": True},
+    {"name": "nul\x00", "scopes": ["read"]}, {"name": "x", "scopes": ["read"], "models": ["m\x00"]}])
 def test_bad_key_requests_are_422(client, keys, body):
     r = client.post("/keys", json=body, headers=keys["admin"])
     assert r.status_code == 422, r.text

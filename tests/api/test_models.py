@@ -157,6 +157,8 @@ def test_a_model_shows_what_it_serves_and_does(client, admin, reader):
     ({"name": 7}, "body.name"),
     ({}, "body.name"),
     ({"name": "m", "description": "d" * 2001}, "body.description"),
+    ({"name": "m", "description": "nul\x00byte"}, "body.description"),
+    ({"name": "m\x00"}, "body.name"),
     ({"name": "m", "auto_promote": False}, "body.auto_promote"),
 ])
 def test_bad_model_requests_are_422_naming_the_field(client, admin, body, field):
@@ -213,6 +215,7 @@ def test_patch_changes_only_the_fields_sent(client, admin, reader, prepared):
     ({"auto_promote": "sometimes"}, "body.auto_promote"),
     ({"name": "renamed"}, "body.name"),
     ({"architecture": ARCH}, "body.architecture"),
+    ({"description": "bell\x07"}, "body.description"),
 ])
 def test_bad_patches_are_422_naming_the_field(client, admin, body, field):
     new_model(client, admin)

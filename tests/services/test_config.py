@@ -57,3 +57,9 @@ def test_settings_are_immutable(tmp_path):
     with pytest.raises(Exception):
         s.port = 1  # one settings object, read once: nobody mutates it behind the others' backs
     assert isinstance(s, Settings)
+
+
+def test_a_renamed_variable_is_refused_with_its_new_name(monkeypatch):
+    monkeypatch.setenv("STRATA_INFERENCE_CACHE_SIZE", "3")
+    with pytest.raises(SettingsError, match="STRATA_INFERENCE_CACHE_SIZE was renamed STRATA_INFERENCE_MAX_LOADED"):
+        load_settings()

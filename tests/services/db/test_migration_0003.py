@@ -109,8 +109,8 @@ def test_upgrade_moves_a_single_model_deployment_into_default(at_0002):
     engine = make_engine(settings)
     try:
         with engine.connect() as c:
-            models = c.execute(sa.text("SELECT id, name, architecture FROM models")).all()
-            assert [tuple(m) for m in models] == [(1, "default", ARCH)]
+            models = c.execute(sa.text("SELECT id, name, architecture, last_version FROM models")).all()
+            assert [tuple(m) for m in models] == [(1, "default", ARCH, 1)]
             for table in ("classes", "tasks", "model_versions", "class_metrics", "aliases"):
                 assert c.execute(sa.text(f"SELECT DISTINCT model_id FROM {table}")).scalars().all() == [1], table
             spec = c.execute(sa.text("SELECT spec FROM tasks WHERE id = 'task-a'")).scalar()

@@ -371,3 +371,52 @@ def test_ready_reports_each_model_by_name(ctx):
         assert uniform((await service.predict(idle, IMAGE, 1)).mask) == 1
 
     run(ctx, body)
+
+
+def test_an_extra_version_never_evicts_production_within_the_budget(ctx):
+    """Budget 1, production loaded: a ?version= request loads its version one past the budget for as
+    long as it runs, and that version (not production) goes when the request ends; readiness never
+    flickers."""
+    m = create_model(ctx.sessions, "pets")
+    pub(ctx, m, version=1, class_map=V1, winner=0, to_production=False)
+    pub(ctx, m, version=2, class_map=V1, winner=1)
+
+    async def body(service):
+        await until(lambda: service.ready()[0] and service.loaded_versions() == [(m, 2)])
+        async with service.lease(m, 1) as extra:
+            assert sorted(service.loaded_versions()) == [(m, 1), (m, 2)]  # one past the budget, for now
+            assert service.ready()[2] == {"pets": "serving production version 2"}
+            assert uniform(await extra.batcher.submit(IMAGE)) == 0
+        assert service.loaded_versions() == [(m, 2)] and extra.closed
+        assert service.ready() == (True, "1 of 1 model(s) loaded", {"pets": "serving production version 2"})
+        assert uniform((await service.predict(m, IMAGE, 1)).mask) == 0  # loaded again on demand
+        assert (await service.predict(m, IMAGE)).version == 2 and service.loaded_versions() == [(m, 2)]
+
+    run(ctx, body, inference_max_loaded=1)
+
+
+def test_a_deleted_version_is_not_served_from_the_cache(ctx):
+    from sqlalchemy import select
+
+    from services.db.models import Task, TaskStatus
+    from services.db.session import session_scope
+    from services.registry.versions import delete_version
+
+    m = create_model(ctx.sessions, "pets")
+    pub(ctx, m, version=1, class_map=V1, winner=1)
+    pub(ctx, m, version=2, class_map=V2, winner=3, to_production=False)
+
+    async def body(service):
+        assert (await service.predict(m, IMAGE, 2)).version == 2
+        assert (m, 2) in service.loaded_versions()
+        with session_scope(ctx.sessions) as s:
+            for task in s.scalars(select(Task).where(Task.model_id == m)):
+                task.status = TaskStatus.SUCCEEDED  # published as a worker would have finished them
+            delete_version(s, m, 2)
+        service.refresh()
+        await until(lambda: (m, 2) not in service.loaded_versions())
+        with pytest.raises(VersionNotFound, match="model version 2 does not exist"):
+            await service.predict(m, IMAGE, 2)
+        assert (await service.predict(m, IMAGE)).version == 1
+
+    run(ctx, body, inference_max_loaded=4)

@@ -96,7 +96,7 @@ def register(env, tmp_path, spec, n=5, n_classes=None, key=None, store=None, mod
     n_classes = len(spec["classes"]) + len(spec.get("also_labelled", [])) if n_classes is None else n_classes
     up = Upload(tmp_path / f"up-{np.random.default_rng().integers(1 << 30)}").dataset(n, n_classes)
     work = up.root / "work"
-    return register_task(sessions, store or real_store, model, up.received(spec), work,
+    return register_task(sessions, store or real_store, model_id(env, model) or -1, up.received(spec), work,
                          IngestLimits.from_settings(settings), idempotency_key=key)
 
 
@@ -219,7 +219,7 @@ def test_a_later_task_queues_behind_the_pending_one_and_inherits_the_architectur
         register(env, tmp_path, {"classes": ["cow"], "also_labelled": ["unicorn"]})
     with pytest.raises(RegistrationConflict, match="model 'm' already has classes dog"):
         register(env, tmp_path, {"classes": ["cow", "dog"]})
-    with pytest.raises(ModelNotFound, match="no model named 'nope'"):
+    with pytest.raises(ModelNotFound, match="model -1 no longer exists"):
         register(env, tmp_path, {"classes": ["cow"]}, model="nope")
     with sessions() as s:
         assert s.get(Task, same.task_id).spec["after_task_id"] == second.task_id
@@ -317,17 +317,18 @@ def test_idempotency_key_replays_the_same_request_and_refuses_another(env, tmp_p
     up = Upload(tmp_path / "up").dataset(3, 1)
     received = up.received({"classes": ["cat"]})
     limits = IngestLimits.from_settings(settings)
-    first = register_task(sessions, store, "m", received, tmp_path / "w1", limits, idempotency_key="k-1")
-    again = register_task(sessions, store, "m", received, tmp_path / "w2", limits, idempotency_key="k-1")
+    m = model_id(env)
+    first = register_task(sessions, store, m, received, tmp_path / "w1", limits, idempotency_key="k-1")
+    again = register_task(sessions, store, m, received, tmp_path / "w2", limits, idempotency_key="k-1")
     assert first.created and not again.created and again.task_id == first.task_id
     other = up.received({"classes": ["dog"]})
     with pytest.raises(IdempotencyMismatch, match="Idempotency-Key 'k-1' was already used for a different request"):
-        register_task(sessions, store, "m", other, tmp_path / "w3", limits, idempotency_key="k-1")
-    # The very same body for another model is another request: the key cannot be reused for it.
-    new_model(env, "other")
-    with pytest.raises(IdempotencyMismatch, match="Idempotency-Key 'k-1' was already used for a different request"):
-        register_task(sessions, store, "other", received, tmp_path / "w4", limits, idempotency_key="k-1")
+        register_task(sessions, store, m, other, tmp_path / "w3", limits, idempotency_key="k-1")
     assert leftovers(env) == (1, 3, 2, 6)  # m's task, items and classes (background, cat) only
+    # Keys are per model: the same key for another model is that model's first request with it.
+    elsewhere = register_task(sessions, store, new_model(env, "other"), received, tmp_path / "w4", limits,
+                              idempotency_key="k-1")
+    assert elsewhere.created and elsewhere.task_id != first.task_id
 
 
 # --- the public view and cancel ------------------------------------------------------------------
