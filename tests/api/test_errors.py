@@ -59,8 +59,10 @@ def test_model_routes_share_the_shape(client, admin_headers) -> None:
     assert r.status_code == 409 and only_detail(r) == "a model named 'm' already exists"
     r = client.post("/models", json={"name": "no spaces"}, headers=admin_headers)
     assert r.status_code == 422 and only_detail(r).startswith("body.name: String should match pattern")
-    r = client.get("/models/m/versions/%C2%B2", headers=admin_headers)
+    r = client.get("/models/m/versions/staging", headers=admin_headers)
     assert r.status_code == 404 and "is neither a version number nor a set alias" in only_detail(r)
+    r = client.get("/models/m/versions/%C2%B2", headers=admin_headers)
+    assert r.status_code == 422 and only_detail(r).startswith("path.version: String should match pattern")
     r = client.put("/models/m/aliases/latest", json={"version": 1}, headers=admin_headers)
     assert r.status_code == 409 and "moved by the service only" in only_detail(r)
     r = client.put("/models/m/aliases/No", json={"version": 1}, headers=admin_headers)
