@@ -104,20 +104,18 @@ def _migration_connection(settings: Settings | str) -> Iterator[Connection]:
             raise unavailable(url, err) from None
         with conn:
             if conn.dialect.name == "sqlite":
-                _sqlite_foreign_keys(conn, on=False)
+                _sqlite_foreign_keys_off(conn)  # this connection only: it is closed right after
             yield conn
-            if conn.dialect.name == "sqlite":
-                _sqlite_foreign_keys(conn, on=True)
     finally:
         engine.dispose()
 
 
-def _sqlite_foreign_keys(conn: Connection, *, on: bool) -> None:
+def _sqlite_foreign_keys_off(conn: Connection) -> None:
     """SQLite rebuilds a table to change its keys (batch mode: copy, drop, rename), and dropping a
     table that others reference fails while foreign keys are enforced; the pragma only takes
     effect outside a transaction, so it is set on the driver's connection between them. A revision
     that rebuilds tables checks the rows itself (``PRAGMA foreign_key_check``) before it commits."""
-    conn.connection.dbapi_connection.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
 
 
 def _create_sqlite_dir(url: str) -> None:

@@ -49,6 +49,10 @@ class TaskStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+# A task not finished yet: it holds its model's queue (every layer asks this of the same rows).
+PENDING_STATUSES = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
+
+
 class Split(StrEnum):
     TRAIN = "train"
     VAL = "val"

@@ -19,7 +19,6 @@ from services.jobs.errors import TaskFinished, TaskNotFound
 from services.jobs.spec import ResolvedSpec
 
 FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
-PENDING = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
 MAX_ERROR_CHARS = 4000
 
 

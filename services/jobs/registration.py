@@ -35,7 +35,16 @@ from services.data.upload import (
     pair_files,
     prepare_items,
 )
-from services.db.models import DatasetItem, Model, ModelVersion, SemanticClass, Split, Task, new_task_id
+from services.db.models import (
+    PENDING_STATUSES,
+    DatasetItem,
+    Model,
+    ModelVersion,
+    SemanticClass,
+    Split,
+    Task,
+    new_task_id,
+)
 from services.db.session import session_scope
 from services.jobs import lifecycle
 from services.jobs.errors import IdempotencyMismatch, RegistrationConflict
@@ -43,7 +52,7 @@ from services.jobs.spec import ResolvedSpec, TaskSpec, parse_spec
 from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, MAX_CLASS_INDEX
 from services.learning.names import DEFAULT_ARCHITECTURE, DEFAULT_METHOD
 from services.registry.aliases import production_version
-from services.registry.models import model_by_id
+from services.registry.models import model_by_id, version_count
 from services.storage import InvalidKey, ObjectInfo, ObjectStore
 from services.storage.keys import dataset_image_key, dataset_mask_key, dataset_prefix
 
@@ -213,8 +222,7 @@ def plan(session: Session, model_id: int, spec: TaskSpec) -> _Plan:
     _check_names(session, model, spec)
     pending = latest_pending(session, model.id)
     production = production_version(session, model.id)
-    versions = session.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.model_id == model.id))
-    if pending is None and production is None and versions:
+    if pending is None and production is None and version_count(session, model.id):
         # Versions exist but none is production (e.g. auto-promotion off): starting a new base
         # model here would silently drop every class learnt so far.
         raise RegistrationConflict(
@@ -230,7 +238,7 @@ def plan(session: Session, model_id: int, spec: TaskSpec) -> _Plan:
 
 def latest_pending(session: Session, model_id: int) -> Task | None:
     """The model's newest queued or running training task: a new task of the model queues behind it."""
-    stmt = select(Task).where(Task.model_id == model_id, Task.kind == "train", Task.status.in_(lifecycle.PENDING))
+    stmt = select(Task).where(Task.model_id == model_id, Task.kind == "train", Task.status.in_(PENDING_STATUSES))
     return session.scalars(stmt.order_by(Task.created_at.desc(), Task.id.desc()).limit(1)).first()
 
 

@@ -16,7 +16,16 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from services.config import Settings
-from services.db.models import Alias, ClassMetric, DatasetItem, Model, ModelVersion, SemanticClass, Task, TaskStatus
+from services.db.models import (
+    PENDING_STATUSES,
+    Alias,
+    ClassMetric,
+    DatasetItem,
+    Model,
+    ModelVersion,
+    SemanticClass,
+    Task,
+)
 from services.errors import Conflict, InvalidInput, NotFound
 from services.registry.aliases import LATEST, PRODUCTION
 from services.registry.policy import PromotionPolicy
@@ -25,7 +34,6 @@ MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 MAX_DESCRIPTION_CHARS = 2000
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_PENDING = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
 
 
 class ModelNotFound(NotFound):
@@ -81,9 +89,8 @@ def list_models(session: Session, ids: Iterable[int] | None = None) -> list[Mode
     return list(session.scalars(stmt))
 
 
-def get_model(session: Session, name: str, *, for_update: bool = False) -> Model:
-    stmt = select(Model).where(Model.name == name)
-    row = session.scalars(stmt.with_for_update() if for_update else stmt).one_or_none()
+def get_model(session: Session, name: str) -> Model:
+    row = session.scalars(select(Model).where(Model.name == name)).one_or_none()
     if row is None:
         raise ModelNotFound(f"no model named {name!r} ({_known(session)}); create it with POST /models")
     return row
@@ -175,10 +182,10 @@ def summarize(session: Session, settings: Settings, row: Model) -> ModelSummary:
 
 @dataclass(frozen=True)
 class ModelObjects:
-    """The object keys and prefixes of everything a model stored (for deletion)."""
+    """The object keys its rows named, of everything a model stored (for deletion; the rest is
+    under ``models/{id}/``)."""
 
     keys: list[str]
-    task_ids: list[str]
 
 
 def version_count(session: Session, model_id: int) -> int:
@@ -186,7 +193,7 @@ def version_count(session: Session, model_id: int) -> int:
 
 
 def pending_task_ids(session: Session, model_id: int) -> list[str]:
-    return list(session.scalars(select(Task.id).where(Task.model_id == model_id, Task.status.in_(_PENDING))
+    return list(session.scalars(select(Task.id).where(Task.model_id == model_id, Task.status.in_(PENDING_STATUSES))
                                 .order_by(Task.created_at)))
 
 
@@ -206,7 +213,6 @@ def delete_model(session: Session, row: Model, confirm: str | None) -> ModelObje
     objects = ModelObjects(
         keys=[*session.scalars(select(ModelVersion.checkpoint_key).where(ModelVersion.model_id == row.id)),
               *_dataset_keys(session, row.id)],
-        task_ids=list(session.scalars(select(Task.id).where(Task.model_id == row.id))),
     )
     mid = row.id
     # Tasks and versions point at each other: unlink them, then delete from the leaves up.

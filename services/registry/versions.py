@@ -19,11 +19,11 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from services.config import Settings, get_settings
-from services.db.models import Alias, ClassMetric, Model, ModelVersion, SemanticClass, Task, TaskStatus
+from services.db.models import Alias, ClassMetric, Model, ModelVersion, SemanticClass, Task
 from services.evaluation.metrics import forgetting_vs, iou_from_counts, mean
 from services.registry.aliases import ALIAS_PATTERN, LATEST, PRODUCTION, get_alias, set_alias
 from services.registry.errors import InvalidVersionRecord, VersionInUse, VersionNotFound
-from services.registry.models import promotion_policy
+from services.registry.models import pending_task_ids, promotion_policy
 from services.registry.policy import Candidate, PromotionDecision, decide
 
 IOU_TOLERANCE = 1e-6
@@ -123,8 +123,7 @@ def delete_version(session: Session, model_id: int, version: int) -> str:
     if children:
         raise VersionInUse(f"version {version} is the parent of version(s) {', '.join(map(str, children))}: "
                            "a lineage keeps its ancestors")
-    pending = session.scalar(select(func.count()).select_from(Task).where(
-        Task.model_id == model_id, Task.status.in_((TaskStatus.QUEUED.value, TaskStatus.RUNNING.value))))
+    pending = len(pending_task_ids(session, model_id))
     if pending:
         raise VersionInUse(f"the model has {pending} queued or running task(s), which may start from version "
                            f"{version}: wait for them or cancel them first")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -94,6 +96,22 @@ def populate_0002(settings, store) -> dict[str, str]:
     return {"admin": admin, "infer": infer}
 
 
+@contextmanager
+def database(settings, *, write: bool = False) -> Iterator[sa.Connection]:
+    """A connection to the settings' database (in a transaction committed at the end with ``write``)."""
+    engine = make_engine(settings)
+    try:
+        with engine.begin() if write else engine.connect() as c:
+            yield c
+    finally:
+        engine.dispose()
+
+
+def stored_spec(c: sa.Connection, task_id: str) -> dict:
+    spec = c.execute(sa.text("SELECT spec FROM tasks WHERE id = :id"), {"id": task_id}).scalar()
+    return spec if isinstance(spec, dict) else json.loads(spec)
+
+
 @pytest.fixture
 def at_0002(settings):
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,19 +124,14 @@ def at_0002(settings):
 def test_upgrade_moves_a_single_model_deployment_into_default(at_0002):
     settings, store, keys = at_0002
     migrate.upgrade(settings)
-    engine = make_engine(settings)
-    try:
-        with engine.connect() as c:
-            models = c.execute(sa.text("SELECT id, name, architecture, last_version FROM models")).all()
-            assert [tuple(m) for m in models] == [(1, "default", ARCH, 1)]
-            for table in ("classes", "tasks", "model_versions", "class_metrics", "aliases"):
-                assert c.execute(sa.text(f"SELECT DISTINCT model_id FROM {table}")).scalars().all() == [1], table
-            spec = c.execute(sa.text("SELECT spec FROM tasks WHERE id = 'task-a'")).scalar()
-            spec = spec if isinstance(spec, dict) else json.loads(spec)
-            assert spec["architecture"] == ARCH and "model" not in spec
-            assert c.execute(sa.text("SELECT COUNT(*) FROM api_keys WHERE all_models")).scalar() == 2
-    finally:
-        engine.dispose()
+    with database(settings) as c:
+        models = c.execute(sa.text("SELECT id, name, architecture, last_version FROM models")).all()
+        assert [tuple(m) for m in models] == [(1, "default", ARCH, 1)]
+        for table in ("classes", "tasks", "model_versions", "class_metrics", "aliases"):
+            assert c.execute(sa.text(f"SELECT DISTINCT model_id FROM {table}")).scalars().all() == [1], table
+        spec = stored_spec(c, "task-a")
+        assert spec["architecture"] == ARCH and "model" not in spec
+        assert c.execute(sa.text("SELECT COUNT(*) FROM api_keys WHERE all_models")).scalar() == 2
 
     with TestClient(create_app(settings)) as client:
         admin, infer = bearer(keys["admin"]), bearer(keys["infer"])
@@ -142,12 +155,8 @@ def test_upgrade_moves_a_single_model_deployment_into_default(at_0002):
         assert client.post("/models", json={"name": "second"}, headers=admin).status_code == 201
         m2 = client.get("/models/second", headers=admin).json()
         assert (m2["versions"], m2["classes"], m2["production"]) == (0, 0, None)
-    engine = make_engine(settings)
-    try:
-        with engine.connect() as c:
-            assert c.execute(sa.text("SELECT id FROM models WHERE name = 'second'")).scalar() == 2
-    finally:
-        engine.dispose()
+    with database(settings) as c:
+        assert c.execute(sa.text("SELECT id FROM models WHERE name = 'second'")).scalar() == 2
     assert store.exists(LEGACY_KEY)
 
 
@@ -155,17 +164,12 @@ def test_downgrade_back_to_0002_with_one_model(at_0002):
     settings, _store, _keys = at_0002
     migrate.upgrade(settings)
     migrate.downgrade(settings, "0002")
-    engine = make_engine(settings)
-    try:
-        with engine.connect() as c:
-            assert c.execute(sa.text("SELECT version, task_id FROM model_versions")).all() == [(1, "task-a")]
-            assert c.execute(sa.text("SELECT COUNT(*) FROM classes")).scalar() == 4
-            spec = c.execute(sa.text("SELECT spec FROM tasks WHERE id = 'task-b'")).scalar()
-            spec = spec if isinstance(spec, dict) else json.loads(spec)
-            assert spec["model"] == ARCH and "architecture" not in spec
-            assert "models" not in sa.inspect(c).get_table_names()
-    finally:
-        engine.dispose()
+    with database(settings) as c:
+        assert c.execute(sa.text("SELECT version, task_id FROM model_versions")).all() == [(1, "task-a")]
+        assert c.execute(sa.text("SELECT COUNT(*) FROM classes")).scalar() == 4
+        spec = stored_spec(c, "task-b")
+        assert spec["model"] == ARCH and "architecture" not in spec
+        assert "models" not in sa.inspect(c).get_table_names()
     migrate.upgrade(settings)  # and up again
     assert migrate.current(settings) == migrate.head_revision()
 
@@ -173,13 +177,9 @@ def test_downgrade_back_to_0002_with_one_model(at_0002):
 def test_downgrade_refused_with_two_models(at_0002):
     settings, _store, _keys = at_0002
     migrate.upgrade(settings)
-    engine = make_engine(settings)
-    try:
-        with engine.begin() as c:
-            c.execute(sa.text("INSERT INTO models (name, description, created_at, updated_at) "
-                              "VALUES ('other', '', :t, :t)"), {"t": T0})
-    finally:
-        engine.dispose()
+    with database(settings, write=True) as c:
+        c.execute(sa.text("INSERT INTO models (name, description, created_at, updated_at) "
+                          "VALUES ('other', '', :t, :t)"), {"t": T0})
     with pytest.raises(RuntimeError, match="2 models exist"):
         migrate.downgrade(settings, "0002")
     assert migrate.current(settings) == migrate.head_revision()
