@@ -108,15 +108,35 @@ def decide(policy: PromotionPolicy, c: Candidate) -> PromotionDecision:
         checks += _check_forgetting(policy, c, drops)
     failed = [msg for ok, msg in checks if not ok]
     passed = [msg for ok, msg in checks if ok]
-    promote = not failed
-    summary = (f"v{c.version} may be production" if promote
+    summary = (f"v{c.version} may be production" if not failed
                else f"v{c.version} waits as a candidate: {failed[0]}")
-    mean_drop = mean(drops.values())
+    return _decision(not failed, summary, failed + passed, drops)
+
+
+def judge_replacement(policy: PromotionPolicy, c: Candidate) -> PromotionDecision:
+    """Whether ``c.version`` may replace ``c.parent`` in production by hand: the forgetting checks of
+    the policy, with ``c.parent`` as the reference (the version it replaces, whatever the lineage),
+    and a failed check for every class of the reference that ``c.version`` does not know (a
+    rollback past the version that introduced it). The switch and lineage checks concern automatic
+    promotion only, so they are left out."""
+    known = set(c.ious)
+    lost = [k for k in c.old_classes if k not in known]
+    checks = [(False, f"v{c.version} does not know {', '.join(c.name(k) for k in lost)}, which v{c.parent} "
+                      "segments: requests would get those pixels as other classes")] if lost else []
+    drops = _old_class_drops(c)
+    checks += _check_forgetting(policy, replace(c, old_classes=[k for k in c.old_classes if k in known]), drops)
+    failed = [msg for ok, msg in checks if not ok]
+    passed = [msg for ok, msg in checks if ok]
+    summary = (f"v{c.version} may replace v{c.parent}" if not failed
+               else f"v{c.version} would not pass the policy against v{c.parent}: {failed[0]}")
+    return _decision(not failed, summary, failed + passed, drops)
+
+
+def _decision(promote: bool, summary: str, reasons: list[str], drops: dict[int, float]) -> PromotionDecision:
     worst = max(drops, key=drops.__getitem__) if drops else None
     return PromotionDecision(
-        promote=promote, summary=summary, reasons=tuple(failed + passed),
-        old_miou_drop_points=mean_drop, worst_old_class=worst,
-        worst_old_class_drop_points=drops[worst] if worst is not None else None,
+        promote=promote, summary=summary, reasons=tuple(reasons), old_miou_drop_points=mean(drops.values()),
+        worst_old_class=worst, worst_old_class_drop_points=drops[worst] if worst is not None else None,
     )
 
 
