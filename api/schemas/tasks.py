@@ -33,6 +33,8 @@ class ProgressPublic(BaseModel):
     eta_s: float | None = Field(description="Estimated seconds left (running tasks only).")
     resumed_from_epoch: int | None = Field(None, description="Epochs already done when this attempt started.")
     updated_at: datetime | None
+    history: list[tuple[float, float]] = Field(
+        [], description="loss over the run: [fractional epoch, loss], at most 400 points, thinned evenly")
 
 
 class ItemCounts(BaseModel):

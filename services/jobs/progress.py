@@ -1,5 +1,6 @@
 """What a running task tells its row while it trains, and what it reads back: the trainer's progress
-(at most once per REPORT_EVERY_S) and the cancel flag (as often)."""
+(at most once per REPORT_EVERY_S, with the loss history of ``jobs/history.py``) and the cancel flag
+(as often)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.orm import sessionmaker
 from services.db.base import utcnow
 from services.db.models import Task
 from services.db.session import session_scope
+from services.jobs.history import fractional_epoch, with_point
 from services.learning.trainer import Progress
 
 log = logging.getLogger(__name__)
@@ -37,10 +39,14 @@ class ProgressWriter:
         try:
             with session_scope(self.sessions) as session:
                 task = session.get(Task, self.task_id)
+                # The history comes from the row, not from this writer: an attempt that resumes a
+                # redelivered task on another worker continues the earlier attempts' curve.
+                history = with_point((task.progress or {}).get("history"), fractional_epoch(p.epoch, p.step, p.steps),
+                                     p.loss, p.epochs)
                 task.progress = {"epoch": p.epoch, "epochs": p.epochs, "step": p.step, "steps": p.steps,
                                  "loss": round(p.loss, 5), "lr": p.lr, "images_per_s": round(p.images_per_s, 2),
                                  "resumed_from_epoch": self.resumed_from_epoch,
-                                 "updated_at": utcnow().isoformat()}
+                                 "updated_at": utcnow().isoformat(), "history": history}
         except SQLAlchemyError:
             # A busy or restarting database must not fail hours of training: the next report retries.
             log.warning("progress of task %s not recorded", self.task_id, exc_info=True)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.db.models import DatasetItem, Model, Split, Task, TaskStatus
 from services.errors import InvalidInput
+from services.jobs.history import history_points
 from services.jobs.lifecycle import get_task
 from services.jobs.spec import ResolvedSpec
 
@@ -32,6 +33,7 @@ class ProgressView:
     eta_s: float | None
     resumed_from_epoch: int | None  # epochs already done when this attempt started (after a redelivery)
     updated_at: datetime | None
+    history: list[tuple[float, float]]  # (fractional epoch, loss) over the run, bounded (jobs/history.py)
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ def progress_view(progress: Mapping[str, Any] | None, batch_size: int | None, ro
         eta = round(remaining_steps * batch / rate, 1)
     return ProgressView(epoch=epoch, epochs=epochs, step=step, steps=steps, loss=_float(progress.get("loss")),
                         images_per_s=rate, eta_s=eta, resumed_from_epoch=_int(progress.get("resumed_from_epoch")),
-                        updated_at=_time(progress.get("updated_at")) or row_updated_at)
+                        updated_at=_time(progress.get("updated_at")) or row_updated_at,
+                        history=[(x, loss) for x, loss in history_points(progress.get("history"))])
 
 
 def _int(value: Any) -> int | None:

@@ -290,11 +290,17 @@ def test_progress_as_the_worker_reports_it(client, prepared, admin, reader):
         row = s.get(Task, task["id"])
         row.status = TaskStatus.RUNNING.value
         row.progress = {"epoch": 1, "epochs": 2, "step": 3, "steps": 5, "loss": 1.25, "lr": 0.01,
-                        "images_per_s": 2.0, "updated_at": "2030-05-01T12:00:00+00:00"}
+                        "images_per_s": 2.0, "updated_at": "2030-05-01T12:00:00+00:00",
+                        "history": [[0.2, 2.5], [0.6, 1.25]]}
     progress = client.get(f"/tasks/{task['id']}", headers=reader).json()["progress"]
     # 2 steps left in epoch 1 and 5 in epoch 2, 4 images each, at 2 images/s
     assert progress == {"epoch": 1, "epochs": 2, "step": 3, "steps": 5, "loss": 1.25, "images_per_s": 2.0,
-                        "eta_s": 14.0, "resumed_from_epoch": None, "updated_at": "2030-05-01T12:00:00Z"}
+                        "eta_s": 14.0, "resumed_from_epoch": None, "updated_at": "2030-05-01T12:00:00Z",
+                        "history": [[0.2, 2.5], [0.6, 1.25]]}
+    with session_scope(make_session_factory(make_engine(prepared))) as s:  # finished: the curve stays
+        s.get(Task, task["id"]).status = TaskStatus.SUCCEEDED.value
+    progress = client.get(f"/tasks/{task['id']}", headers=reader).json()["progress"]
+    assert progress["history"] == [[0.2, 2.5], [0.6, 1.25]] and progress["eta_s"] is None
 
 
 # --- several models ------------------------------------------------------------------------------

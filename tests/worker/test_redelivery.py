@@ -69,6 +69,9 @@ def test_killed_worker_task_resumes_and_yields_one_version(client, prepared, adm
         stop(second, signal.SIGTERM)
     assert done["status"] == "succeeded", (done, log.read_text()[-3000:])
     assert done["attempts"] == 2 and done["progress"]["resumed_from_epoch"] >= 1
+    # One loss curve over both attempts: the first one's points up to the resumed epoch, then the second's.
+    xs = [x for x, _ in done["progress"]["history"]]
+    assert xs == sorted(set(xs)) and xs[0] <= done["progress"]["resumed_from_epoch"] and xs[-1] == 6
     versions = client.get("/models/shapes/versions", headers=h).json()
     assert [v["version"] for v in versions] == [1] and versions[0]["task_id"] == task["id"]
     assert client.get("/models/shapes/versions/production", headers=h).json()["task_id"] == task["id"]

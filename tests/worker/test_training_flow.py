@@ -114,6 +114,8 @@ def test_two_steps_promotion_rollback_and_cancel(client, worker_process, admin_h
     done = wait_task(client, h, first["id"])
     assert done["status"] == "succeeded", done
     assert done["model_version"] == 1 and done["progress"]["epoch"] == 3
+    xs = [x for x, _ in done["progress"]["history"]]  # the loss curve stays with the finished task
+    assert xs and xs == sorted(set(xs)) and xs[-1] == 3
 
     v1 = client.get("/models/shapes/versions/1", headers=h).json()
     assert v1["model"] == "shapes" and v1["parent"] is None and v1["task_id"] == first["id"]
