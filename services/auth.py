@@ -45,6 +45,10 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)  # at most one write per key and min
 KEYS_FILE_NAME = "api-keys.txt"
 # scope -> the environment variable that may inject a key with that scope
 INJECTED = {"admin": "STRATA_ADMIN_KEY", "infer": "STRATA_INFER_KEY"}
+# The scopes of the keys generated at an embedded first start. The operator's admin key also
+# segments, so that the dashboard's "see it segment" view works with the one key pasted into it
+# (an admin can replace what is served anyway; infer adds no power to it).
+GENERATED_SCOPES = {"admin": (ADMIN, INFER), "infer": (INFER,)}
 
 
 class AuthError(InvalidInput):
@@ -203,9 +207,11 @@ def bootstrap_keys(settings: Settings, session: Session) -> str | None:
     notes = [_register_injected(session, scope, plaintext) for scope, plaintext in injected.items()]
     generated: dict[str, str] = {}
     if settings.embedded:
-        for scope in INJECTED:  # admin and infer; read keys are made by hand
-            if not _scope_ever_had_a_key(session, scope):
-                _, generated[scope] = create_key(session, f"generated {scope} key", [scope])
+        # admin and infer; read keys are made by hand. Decided first: the admin key generated here
+        # has infer too, and must not stand in for the infer key a camera or client should get.
+        missing = [scope for scope in INJECTED if not _scope_ever_had_a_key(session, scope)]
+        for scope in missing:
+            _, generated[scope] = create_key(session, f"generated {scope} key", GENERATED_SCOPES[scope])
     if generated:
         _write_keys_file(keys_file(settings), generated)
         notes.append(f"generated the first API keys ({', '.join(generated)}); they are in "

@@ -182,7 +182,7 @@ def test_bootstrap_generates_once_in_embedded_mode_and_reuses(embedded_settings,
     sessions = make_session_factory(engine)
     try:
         with session_scope(sessions) as s:
-            assert scopes_of(authenticate(s, generated["STRATA_ADMIN_KEY"])) == ["admin"]
+            assert scopes_of(authenticate(s, generated["STRATA_ADMIN_KEY"])) == ["admin", "infer"]
             assert scopes_of(authenticate(s, generated["STRATA_INFER_KEY"])) == ["infer"]
             assert all(k.all_models for k in list_keys(s))  # the first keys work on every model
             count = len(list_keys(s))
