@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.limits import UploadLimitMiddleware
 from api.metrics import install_metrics
-from api.routes import aliases, classes, compare, health, keys, models, segment, tasks, versions, workers
+from api.routes import aliases, classes, compare, health, keys, models, samples, segment, tasks, versions, workers
 from api.state import AppState
 from services.config import Settings, get_settings
 
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(tasks.model_router)
     app.include_router(versions.router)
+    app.include_router(samples.router)
     app.include_router(compare.router)
     app.include_router(aliases.router)
     app.include_router(classes.router)

@@ -93,3 +93,15 @@ class ClassPublic(BaseModel):
     hex: str
     task_id: str | None = Field(description="The task that introduced the class (None: background).")
     created_at: datetime
+
+
+class SamplePublic(BaseModel):
+    """A validation image of a version's lineage (its bytes: GET /models/{name}/items/{id}/image,
+    its ground truth: .../mask)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int = Field(description="The dataset item's id.")
+    task_id: str = Field(description="The task that uploaded it.")
+    stem: str = Field(description="Its file name without the extension, as uploaded.")
+    classes: list[str] = Field(description="The classes that task introduced (what its mask labels first).")

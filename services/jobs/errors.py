@@ -25,3 +25,7 @@ class IdempotencyMismatch(InvalidInput):
 class NotReady(Exception):
     """Not a domain error: the task waits (for the step before it, or for another worker to let
     go of it); the worker tries again later."""
+
+
+class ItemNotFound(NotFound):
+    """No dataset item with that id among the model's tasks."""
