@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.strata-installed
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench clean vendor
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_train.py
+
+# The dashboard's front-end libraries: api/dashboard/package-lock.json pins them; their built files are
+# committed under api/dashboard/static/vendor, so nothing is fetched at run time or by `make test`.
+VENDOR := api/dashboard/static/vendor
+vendor:
+	cd api/dashboard && npm ci --no-audit --no-fund
+	cp api/dashboard/node_modules/uplot/dist/uPlot.iife.min.js api/dashboard/node_modules/uplot/dist/uPlot.min.css $(VENDOR)/
+	cp api/dashboard/node_modules/uplot/LICENSE $(VENDOR)/uPlot.LICENSE
 
 clean:
 	rm -rf var .pytest_cache

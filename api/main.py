@@ -11,6 +11,7 @@ from api.errors import install_error_handlers
 from api.limits import UploadLimitMiddleware
 from api.metrics import install_metrics
 from api.routes import aliases, classes, compare, health, keys, models, samples, segment, tasks, versions, workers
+from api.routes.dashboard import install_dashboard
 from api.state import AppState
 from services.config import Settings, get_settings
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(classes.router)
     app.include_router(segment.router)
     app.include_router(tasks.router)
+    install_dashboard(app)  # GET /dashboard and its static files
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_image_bytes,
                        setting="STRATA_MAX_IMAGE_BYTES", paths=("/models/*/segment",))

@@ -1,0 +1,69 @@
+// Promote and roll back: moving the `production` alias, after a confirmation that shows what the
+// move does class by class (the compare endpoint's deltas against the current production version)
+// and the promotion policy's verdict. Serving swaps versions without downtime.
+
+import { get, paths, request } from "../api.js";
+import { clear, errorBox, h } from "../dom.js";
+import { deltaTable, verdictBox } from "./compare.js";
+
+const dialog = document.getElementById("dialog");
+
+export async function confirmProduction(name, target, production, onDone) {
+  const verb = production && target < production ? "Roll back to" : "Promote";
+  clear(dialog, h("p", { class: "muted" }, "Loading the consequences…"));
+  dialog.showModal();
+  let body;
+  if (production && production !== target) {
+    try {
+      const cmp = await get(paths.compare(name, production, target));
+      body = [h("p", {}, `Requests without a version go to v${production} now; after this they go to v${target}. `,
+        "Per class, what they would get:"), verdictBox(cmp.verdict), deltaTable(cmp, name)];
+    } catch (err) {
+      body = [errorBox(err)];
+    }
+  } else {
+    body = [h("p", {}, production === target ? `v${target} is already production.`
+      : `No version is in production yet: v${target} will serve requests that name no version.`)];
+  }
+  const out = h("div", { id: "dialog-result" });
+  const confirm = h("button", { class: "primary", id: "confirm-move", disabled: production === target, onclick: async () => {
+    confirm.disabled = true;
+    try {
+      const moved = await request("PUT", paths.alias(name, "production"), { json: { version: target } });
+      dialog.close();
+      onDone(moved);
+    } catch (err) {
+      clear(out, errorBox(err));
+      confirm.disabled = false;
+    }
+  } }, `${verb} v${target}`);
+  clear(dialog,
+    h("h2", {}, `${verb} v${target} of ${name}?`),
+    body,
+    out,
+    h("div", { class: "row end" }, h("button", { onclick: () => dialog.close(), id: "cancel-move" }, "Keep things as they are"), confirm));
+}
+
+// Cancel a task, after a confirmation.
+export async function confirmCancel(task, onDone) {
+  const out = h("div", { id: "dialog-result" });
+  const yes = h("button", { class: "danger", id: "confirm-cancel", onclick: async () => {
+    yes.disabled = true;
+    try {
+      const t = await request("POST", paths.cancel(task.id));
+      dialog.close();
+      onDone(t);
+    } catch (err) {
+      clear(out, errorBox(err));
+      yes.disabled = false;
+    }
+  } }, "Cancel the task");
+  clear(dialog,
+    h("h2", {}, `Cancel task ${task.id.slice(0, 8)} of ${task.model}?`),
+    h("p", {}, task.status === "running"
+      ? "It stops at its next step; the epochs done so far are not turned into a version."
+      : "It will not start; later tasks of the model move up the queue."),
+    out,
+    h("div", { class: "row end" }, h("button", { onclick: () => dialog.close() }, "Keep it"), yes));
+  dialog.showModal();
+}

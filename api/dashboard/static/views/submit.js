@@ -1,0 +1,59 @@
+// Submit a task from the page: class names, method, epochs and a zip of images/ and masks/, sent
+// as the same multipart request the API documents, with upload progress and the API's own messages.
+
+import { paths, upload } from "../api.js";
+import { clear, errorBox, h } from "../dom.js";
+import { loadModel } from "../model-data.js";
+import { modelHeader } from "./versions.js";
+
+const names = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
+
+export async function renderSubmit(ctx, name) {
+  const { model, classes } = await loadModel(name, { details: false });
+  if (!ctx.current()) return;
+  const known = classes.filter((c) => c.index !== 0).map((c) => c.name);
+  const cls = h("input", { id: "submit-classes", name: "classes", required: true, placeholder: "car, person", size: 40 });
+  const also = h("input", { id: "submit-also", name: "also_labelled", placeholder: known.slice(0, 3).join(", ") || "(none yet)", size: 40 });
+  const method = h("select", { id: "submit-method", name: "method" },
+    ctx.config.methods.map((m) => h("option", { value: m, selected: m === ctx.config.defaultMethod }, m)));
+  const epochs = h("input", { id: "submit-epochs", name: "epochs", type: "number", min: 1, max: 1000, placeholder: "default" });
+  const archive = h("input", { id: "submit-archive", name: "archive", type: "file", accept: ".zip,application/zip", required: true });
+  const bar = h("progress", { max: 1, value: 0, hidden: true, id: "upload-progress" });
+  const out = h("div", { id: "submit-result", "aria-live": "polite" });
+  const button = h("button", { type: "submit", class: "primary" }, "Submit the task");
+  const formEl = h("form", { class: "card form", id: "submit-form", onsubmit: async (e) => {
+    e.preventDefault();
+    const spec = { classes: names(cls.value), method: method.value };
+    if (also.value.trim()) spec.also_labelled = names(also.value);
+    if (epochs.value) spec.epochs = Number(epochs.value);
+    const fd = new FormData();
+    fd.append("spec", JSON.stringify(spec));
+    fd.append("archive", archive.files[0], archive.files[0].name);
+    button.disabled = true;
+    bar.hidden = false;
+    clear(out, h("span", { class: "muted" }, "Uploading…"));
+    try {
+      const task = await upload(paths.modelTasks(name).split("?")[0], fd, (sent, total) => {
+        bar.value = sent / total;
+        clear(out, h("span", { class: "muted" }, `Uploading… ${Math.round(100 * sent / total)} % of ${(total / 1048576).toFixed(1)} MiB`));
+      });
+      clear(out, h("div", { class: "flash flash-ok" }, `Task ${task.id.slice(0, 8)} is ${task.status} (${task.items.train} training and `,
+        `${task.items.val} validation images). `, h("a", { href: `#/tasks/${task.id}`, id: "new-task-link" }, "Follow its progress")));
+    } catch (err) {
+      clear(out, errorBox(err));
+    } finally {
+      button.disabled = false;
+      bar.hidden = true;
+    }
+  } },
+  h("h2", {}, "Submit a task"),
+  h("p", { class: "small muted" }, "The zip holds images/ and masks/ with the same file stems; a mask is a PNG whose value k labels the k-th class ",
+    "of “New classes” then of “Also labelled”, 0 background and 255 ignored."),
+  field("New classes (comma-separated)", cls),
+  field(`Also labelled (classes the model knows${known.length ? `: ${known.join(", ")}` : ""})`, also),
+  field("Method", method), field("Epochs", epochs), field("Images and masks (.zip)", archive),
+  h("div", { class: "row" }, button, bar), out);
+  clear(ctx.view, modelHeader(model), formEl);
+}
+
+const field = (label, input) => h("label", { class: "field" }, h("span", {}, label), input);
