@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(tasks.model_router)
     app.include_router(versions.router)
+    app.include_router(versions.scores_router)
     app.include_router(samples.router)
     app.include_router(compare.router)
     app.include_router(aliases.router)

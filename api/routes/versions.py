@@ -11,46 +11,61 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response, status
 
 from api.deps import AdminModelDep, ReadModelDep, SessionDep, StateDep
-from api.schemas.versions import VersionDetail, VersionSummary
+from api.schemas.versions import ScoreMatrix, VersionDetail, VersionSummary
 from services.db.models import ModelVersion
 from services.registry.aliases import aliases_by_version
-from services.registry.report import VersionReport, describe_version
+from services.registry.policy import PromotionDecision
+from services.registry.report import VersionReport, describe_version, recorded_decision
+from services.registry.scores import score_cells
 from services.registry.versions import VERSION_REF_PATTERN, delete_version, list_versions, resolve_version
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/models/{name}/versions", tags=["versions"])
+scores_router = APIRouter()
 NOT_FOUND = {404: {"description": "no such model, version or alias"}}
 VersionRef = Annotated[str, Path(max_length=64, pattern=VERSION_REF_PATTERN,
                                  description="A version number or an alias name.")]
 
 
-def summary(model_name: str, row: ModelVersion, aliases: list[str]) -> dict:
+def summary(model_name: str, row: ModelVersion, aliases: list[str], promotion: PromotionDecision) -> dict:
     return {
         "model": model_name, "version": row.version, "parent": row.parent_version, "task_id": row.task_id,
         "architecture": row.architecture, "method": row.method, "num_classes": row.num_classes,
         "miou": {"old": row.miou_old, "new": row.miou_new, "all": row.miou_all},
         "aliases": aliases, "created_at": row.created_at,
+        "checkpoint": {"key": row.checkpoint_key, "sha256": row.checkpoint_sha256, "bytes": row.checkpoint_bytes},
+        "promotion": promotion.as_dict(),
     }
 
 
 def detail(model_name: str, report: VersionReport) -> dict:
     row = report.version
     return {
-        **summary(model_name, row, report.aliases),
+        **summary(model_name, row, report.aliases, report.promotion),
         "lineage": report.lineage,
         "hyperparameters": row.hyperparameters,
-        "checkpoint": {"key": row.checkpoint_key, "sha256": row.checkpoint_sha256, "bytes": row.checkpoint_bytes},
         "iou": {c.name: c.iou for c in report.classes},
         "forgetting": {c.name: c.forgetting for c in report.classes if c.forgetting is not None},
         "classes": [vars(c) for c in report.classes],
-        "promotion": report.promotion.as_dict(),
     }
 
 
 @router.get("", response_model=list[VersionSummary], responses={404: {"description": "no such model"}})
-def get_versions(model: ReadModelDep, session: SessionDep) -> list[dict]:
+def get_versions(model: ReadModelDep, session: SessionDep, state: StateDep) -> list[dict]:
     aliases = aliases_by_version(session, model.id)
-    return [summary(model.name, row, aliases.get(row.version, [])) for row in list_versions(session, model.id)]
+    rows = list_versions(session, model.id)
+    by_number = {row.version: row for row in rows}
+    return [summary(model.name, row, aliases.get(row.version, []),
+                    recorded_decision(session, state.settings, model, row, by_number.get(row.parent_version)))
+            for row in rows]
+
+
+@scores_router.get("/models/{name}/scores", response_model=ScoreMatrix, tags=["versions"],
+                   responses={404: {"description": "no such model"}})
+def get_scores(model: ReadModelDep, session: SessionDep) -> dict:
+    """Every version's per-class IoU in one answer (the dashboard's heat map): two reads whatever the
+    number of versions, where reading each version's detail walks its lineage."""
+    return {"model": model.name, "cells": [vars(c) for c in score_cells(session, model.id)]}
 
 
 @router.get("/{version}", response_model=VersionDetail, responses=NOT_FOUND)

@@ -55,17 +55,31 @@ class VersionSummary(BaseModel):
     miou: MeanIou
     aliases: list[str]
     created_at: datetime
+    checkpoint: Checkpoint
+    promotion: PromotionDecision = Field(
+        description="The promotion policy's decision when this version was recorded, with its reasons.")
 
 
 class VersionDetail(VersionSummary):
     lineage: list[int] = Field(description="Versions from the base model down to this one.")
     hyperparameters: dict[str, Any]
-    checkpoint: Checkpoint
     iou: dict[str, float | None] = Field(description="Per-class IoU by class name.")
     forgetting: dict[str, float] = Field(description="Per old class: parent IoU minus this IoU, by name.")
     classes: list[ClassScore]
-    promotion: PromotionDecision = Field(
-        description="The promotion policy's decision when this version was recorded, with its reasons.")
+
+
+class ScoreCell(BaseModel):
+    version: int
+    index: int = Field(description="The class's index in the model.")
+    name: str
+    role: str = Field(description="'old': a class of the version's parent; 'new': added by this version.")
+    iou: float | None = Field(description="None: not scored (absent from its validation images).")
+    forgetting: float | None = Field(description="The parent's IoU minus this IoU (old classes scored in both).")
+
+
+class ScoreMatrix(BaseModel):
+    model: str
+    cells: list[ScoreCell] = Field(description="One per version and class it knows, in version then class order.")
 
 
 class AliasPublic(BaseModel):

@@ -44,20 +44,27 @@ def describe_version(session: Session, settings: Settings, model: Model, ref: st
     row = resolve_version(session, model.id, ref)
     chain = lineage(session, model.id, row.version)
     parent = chain[-2] if len(chain) > 1 else None
-    old = sorted(int(k) for k in parent.class_map) if parent else []
-    ious, parent_ious = ious_of(row), ious_of(parent) if parent else {}
-    names = {int(k): v for k, v in row.class_map.items()}
-    production = get_alias(session, model.id, PRODUCTION)
-    candidate = Candidate(row.version, row.parent_version, production, old, ious, parent_ious, names)
+    old = {int(k) for k in parent.class_map} if parent else set()
     return VersionReport(
         version=row,
         lineage=[v.version for v in chain],
-        classes=_class_reports(row, chain, set(old)),
+        classes=_class_reports(row, chain, old),
         aliases=aliases_by_version(session, model.id).get(row.version, []),
-        # The decision taken when the version was recorded; older rows have none stored.
-        promotion=(PromotionDecision.from_dict(row.promotion) if row.promotion
-                   else decide(promotion_policy(settings, model), candidate)),
+        promotion=recorded_decision(session, settings, model, row, parent),
     )
+
+
+def recorded_decision(session: Session, settings: Settings, model: Model, row: ModelVersion,
+                      parent: ModelVersion | None) -> PromotionDecision:
+    """The promotion decision taken when ``row`` was recorded (``parent``: its parent's row). Rows
+    older than stored decisions have none: theirs is recomputed with the current settings."""
+    if row.promotion:
+        return PromotionDecision.from_dict(row.promotion)
+    old = sorted(int(k) for k in parent.class_map) if parent else []
+    names = {int(k): v for k, v in row.class_map.items()}
+    candidate = Candidate(row.version, row.parent_version, get_alias(session, model.id, PRODUCTION), old,
+                          ious_of(row), ious_of(parent) if parent else {}, names)
+    return decide(promotion_policy(settings, model), candidate)
 
 
 def _class_reports(row: ModelVersion, chain: list[ModelVersion], old: set[int]) -> list[ClassReport]:

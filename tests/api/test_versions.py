@@ -44,6 +44,29 @@ def test_list_versions(client, reader, lineage):
         ("m", 1, None, []), ("m", 2, 1, ["production"]), ("m", 3, 2, ["latest"])]
     assert versions[1]["miou"]["new"] == pytest.approx(0.5)
     assert [v["task_id"] for v in versions] == ["t1", "t2", "t3"]
+    # What a table of versions shows without reading each one: checkpoint and promotion decision,
+    # the same as in the detail.
+    for v in versions:
+        detail = client.get(f"/models/m/versions/{v['version']}", headers=reader).json()
+        assert (v["checkpoint"], v["promotion"]) == (detail["checkpoint"], detail["promotion"])
+    assert [v["promotion"]["promote"] for v in versions] == [True, True, False]
+
+
+def test_scores_are_every_versions_per_class_iou_in_one_answer(client, reader, lineage):
+    body = client.get("/models/m/scores", headers=reader).json()
+    assert body["model"] == "m"
+    cells = {(c["version"], c["name"]): c for c in body["cells"]}
+    order = [(c["version"], c["index"]) for c in body["cells"]]
+    assert order == sorted(order) and len(order) == 3 + 4 + 5
+    for v in (1, 2, 3):
+        detail = client.get(f"/models/m/versions/{v}", headers=reader).json()
+        for c in detail["classes"]:
+            cell = cells[(v, c["name"])]
+            assert (cell["index"], cell["role"]) == (c["index"], c["role"])
+            assert cell["iou"] == pytest.approx(c["iou"]) and cell["forgetting"] == pytest.approx(c["forgetting"])
+    assert cells[(3, "cat")]["forgetting"] == pytest.approx(0.13) and cells[(3, "fish")]["role"] == "new"
+    assert client.get("/models/m/scores").status_code == 401
+    assert client.get("/models/nope/scores", headers=reader).status_code == 404
 
 
 def test_version_detail(client, reader, lineage):
