@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.dashboard.conftest import MODEL, shot, sign_in, wait_for
+from tests.dashboard.seed import seed_many_versions
 from tests.worker.test_training_flow import shapes_zip
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -271,41 +272,6 @@ def test_the_page_loads_nothing_from_elsewhere(stack):
     assert "default-src 'self'" in csp and "script-src 'self'" in csp
     assert "http://" not in r.text.replace(stack.url, "") and "https://" not in r.text
     assert httpx.get(f"{stack.url}/dashboard/static/vendor/uPlot.iife.min.js").status_code == 200
-
-
-def seed_many_versions(settings, model: str, count: int) -> None:
-    """``count`` versions of a new model, one class more each, recorded as the worker records them
-    (the heat map and tables read the database only: no checkpoint is needed)."""
-    from services.db.models import SemanticClass, Task
-    from services.db.session import make_engine, make_session_factory, session_scope
-    from services.registry.models import create_model
-    from services.registry.versions import record_version
-    from tests.services.test_registry import score
-
-    engine = make_engine(settings)
-    with session_scope(make_session_factory(engine)) as s:
-        m = create_model(s, model, "dozens of versions and classes")
-        s.add(SemanticClass(model_id=m.id, id=0, name="background"))
-        for v in range(1, count + 1):
-            name = f"class-{v:02d}-with-a-longish-name"
-            task = Task(id=f"{model}-t{v}", model_id=m.id, status="succeeded", spec={
-                "classes": [name], "method": "mib", "architecture": "lraspp_mobilenet_v3_large",
-                "assigned_classes": {name: v}})
-            s.add(task)
-            s.flush()
-            s.add(SemanticClass(model_id=m.id, id=v, name=name, task_id=task.id))
-            s.flush()
-            # IoU falls slowly with age, a little noise per version; class 0 stays high.
-            ious = {c: max(0.0, 0.9 - 0.01 * (v - c) - 0.03 * ((v * 7 + c * 3) % 4)) for c in range(1, v + 1)}
-            ious[0] = 0.95
-            metrics = {c: score(iou) for c, iou in ious.items()}
-            record_version(s, task=task, parent_version=v - 1 or None, architecture="lraspp_mobilenet_v3_large",
-                           method="mib" if v > 1 else "ft", hyperparameters={}, class_map={c: "background" if c == 0 else
-                           f"class-{c:02d}-with-a-longish-name" for c in range(v + 1)},
-                           checkpoint_key=f"models/{m.id}/checkpoints/{v}/none.pt", checkpoint_sha256="0" * 64,
-                           checkpoint_bytes=1000 * v, metrics=metrics, old_classes=range(v) if v > 1 else [],
-                           new_classes=[v] if v > 1 else [0, 1], settings=settings)
-    engine.dispose()
 
 
 def test_dozens_of_versions_and_classes_scroll_and_stay_readable(stack_factory, new_page):

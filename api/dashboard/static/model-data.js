@@ -1,38 +1,26 @@
-// Everything the model views show, read from the REST API in one go: the model, its versions with
-// their per-class scores, its classes with their colours (the one source of class colours).
+// Everything the model views show, read from the REST API in one go: the model, its versions, every
+// version's per-class scores (GET /models/{name}/scores, one request whatever the number of versions),
+// its classes with their colours (the one source of class colours).
 
 import { get, paths } from "./api.js";
 
-const DETAIL_CONCURRENCY = 6;
-
-async function mapLimited(items, limit, fn) {
-  const out = new Array(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}
-
-export async function loadModel(name, { details = true } = {}) {
-  const [model, versions, classes] = await Promise.all([
+export async function loadModel(name, { scores = true } = {}) {
+  const [model, versions, classes, matrix] = await Promise.all([
     get(paths.model(name)), get(paths.versions(name)), get(paths.classes(name)),
+    scores ? get(paths.scores(name)) : { cells: [] },
   ]);
-  const full = details ? await mapLimited(versions, DETAIL_CONCURRENCY, (v) => get(paths.version(name, v.version))) : [];
-  const byVersion = new Map(full.map((d) => [d.version, d]));
+  // {version: {class name: cell}}: one answer for every version's per-class scores.
+  const cells = new Map(versions.map((v) => [v.version, new Map()]));
+  for (const c of matrix.cells) cells.get(c.version)?.set(c.name, c);
   const colours = new Map(classes.map((c) => [c.name, c.hex]));
-  return { name, model, versions, details: byVersion, classes, colours };
+  return { name, model, versions, cells, classes, colours };
 }
 
 // The version a class was introduced by: the first version (in number order) that has it as "new".
-export function introducedBy(details) {
+export function introducedBy(cells) {
   const first = new Map();
-  for (const d of [...details.values()].sort((a, b) => a.version - b.version)) {
-    for (const c of d.classes) if (c.role === "new" && !first.has(c.name)) first.set(c.name, d.version);
+  for (const [version, row] of [...cells.entries()].sort((a, b) => a[0] - b[0])) {
+    for (const c of row.values()) if (c.role === "new" && !first.has(c.name)) first.set(c.name, version);
   }
   return first;
 }

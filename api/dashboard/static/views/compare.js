@@ -9,7 +9,7 @@ import { modelHeader } from "./versions.js";
 import { confirmProduction } from "./promote.js";
 
 export async function renderCompare(ctx, name) {
-  const data = await loadModel(name, { details: false });
+  const data = await loadModel(name, { scores: false });
   if (!ctx.current()) return;
   const { model, versions } = data;
   if (!versions.length) {

@@ -34,17 +34,16 @@ function legend(model) {
     h("span", { class: "key" }, "– not scored · blank: not a class of that version"));
 }
 
-function heatMap({ name, versions, details, classes, model }) {
+function heatMap({ name, versions, cells, classes, model }) {
   const classNames = classes.map((c) => c.name);
   const colour = new Map(classes.map((c) => [c.name, c.hex]));
-  const firstSeen = introducedBy(details);
+  const firstSeen = introducedBy(cells);
   const limit = model.policy.max_old_miou_drop;
   const head = h("tr", {}, h("th", { scope: "col", class: "corner" }, "version \\ class"),
     classNames.map((c) => h("th", { scope: "col", class: "class-head", title: firstSeen.has(c) ? `${c}: introduced by v${firstSeen.get(c)}` : c },
       h("span", { class: "rot" }, swatch(colour.get(c)), c, firstSeen.has(c) ? h("small", { class: "muted" }, ` v${firstSeen.get(c)}`) : null))));
   const rows = versions.map((v) => {
-    const d = details.get(v.version);
-    const scores = new Map((d?.classes || []).map((c) => [c.name, c]));
+    const scores = cells.get(v.version);
     return h("tr", { "data-version": v.version },
       h("th", { scope: "row" }, `v${v.version}`, v.parent ? h("small", { class: "muted" }, ` ← v${v.parent}`) : null,
         v.version === model.production ? h("span", { class: "badge prod", title: "production" }, "prod") : null),

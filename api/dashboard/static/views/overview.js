@@ -35,6 +35,7 @@ function modelCard(m) {
 function emptyState() {
   return h("section", { class: "card empty", id: "empty-state" },
     h("h2", {}, "No model yet"),
+    h("p", { class: "muted small" }, "(None that this key may read: a key limited to some models sees only those.)"),
     h("p", {}, "A model is a named lineage of versions. Create one below (an admin key for every model is needed), ",
       "then submit its first task: the class names, and a zip with images/ and masks/ (PNG masks whose value k is the k-th class)."),
     h("pre", {}, `curl -X POST http://${location.host}/models -H "Authorization: Bearer $KEY" \\

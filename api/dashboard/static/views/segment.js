@@ -12,7 +12,7 @@ const SAMPLES = 4;
 const ALPHA = 150; // of the mask over the image, out of 255
 
 export async function renderSegment(ctx, name) {
-  const data = await loadModel(name, { details: false });
+  const data = await loadModel(name, { scores: false });
   if (!ctx.current()) return;
   const { model, versions } = data;
   if (!versions.length) {

@@ -9,7 +9,7 @@ import { modelHeader } from "./versions.js";
 const names = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
 
 export async function renderSubmit(ctx, name) {
-  const { model, classes } = await loadModel(name, { details: false });
+  const { model, classes } = await loadModel(name, { scores: false });
   if (!ctx.current()) return;
   const known = classes.filter((c) => c.index !== 0).map((c) => c.name);
   const cls = h("input", { id: "submit-classes", name: "classes", required: true, placeholder: "car, person", size: 40 });
@@ -33,7 +33,7 @@ export async function renderSubmit(ctx, name) {
     bar.hidden = false;
     clear(out, h("span", { class: "muted" }, "Uploading…"));
     try {
-      const task = await upload(paths.modelTasks(name).split("?")[0], fd, (sent, total) => {
+      const task = await upload(paths.submit(name), fd, (sent, total) => {
         bar.value = sent / total;
         clear(out, h("span", { class: "muted" }, `Uploading… ${Math.round(100 * sent / total)} % of ${(total / 1048576).toFixed(1)} MiB`));
       });

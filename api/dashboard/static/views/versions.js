@@ -9,14 +9,14 @@ import { confirmProduction } from "./promote.js";
 export async function renderVersions(ctx, name) {
   const data = await loadModel(name);
   if (!ctx.current()) return;
-  const { model, versions, details } = data;
+  const { model, versions } = data;
   const enc = encodeURIComponent(name);
   clear(ctx.view,
     modelHeader(model),
     versions.length === 0 ? noVersions(name) : [
       h("section", { class: "card" }, h("h2", {}, "Lineage"), lineageTree(versions, model, enc)),
       h("section", { class: "card" }, h("h2", {}, `Versions (${versions.length})`),
-        h("div", { class: "scroll" }, versionTable(name, versions, details, model, () => navigate(`#/m/${enc}`)))),
+        h("div", { class: "scroll" }, versionTable(name, versions, model, () => navigate(`#/m/${enc}`)))),
     ]);
 }
 
@@ -62,11 +62,10 @@ function lineageTree(versions, model, enc) {
   return h("ul", { class: "tree", id: "lineage" }, roots.map(node));
 }
 
-function versionTable(name, versions, details, model, refresh) {
+function versionTable(name, versions, model, refresh) {
   const enc = encodeURIComponent(name);
   const rows = [...versions].reverse().map((v) => {
-    const d = details.get(v.version);
-    const decision = d?.promotion;
+    const decision = v.promotion;
     const isProd = v.version === model.production;
     const action = isProd ? badge("production", "prod")
       : h("button", { class: "small", "data-action": "promote", "data-version": v.version,
@@ -84,7 +83,7 @@ function versionTable(name, versions, details, model, refresh) {
       h("td", { class: "num", "data-field": "miou-new" }, pct(v.miou.new)),
       h("td", { class: "num", "data-field": "miou-all" }, pct(v.miou.all)),
       h("td", {}, v.aliases.map((a) => badge(a, a === "production" ? "prod" : ""))),
-      h("td", { class: "num" }, d ? bytes(d.checkpoint.bytes) : "–"),
+      h("td", { class: "num" }, bytes(v.checkpoint.bytes)),
       h("td", { class: "decision" }, decision ? h("details", {},
         h("summary", {}, h("span", { class: decision.promote ? "ok" : "warn" }, decision.promote ? "✓ " : "✗ "), decision.summary),
         h("ul", {}, decision.reasons.map((r) => h("li", {}, r)))) : "–"),
