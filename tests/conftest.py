@@ -155,6 +155,16 @@ def prepared(settings):
 
 
 @pytest.fixture
+def sessions(prepared):
+    """A session factory on the prepared database."""
+    from services.db.session import make_engine, make_session_factory
+
+    engine = make_engine(prepared)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
 def worker_process(prepared):
     """A real Celery worker process on the prepared settings' broker and queue."""
     import subprocess

@@ -4,12 +4,10 @@ some models, revocation, bootstrap."""
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.orm import sessionmaker
 
 from services.auth import (
     AuthError,
@@ -33,13 +31,6 @@ from services.registry.models import create_model, delete_model, get_model
 
 INJECTED_ADMIN = "strata_injected-admin-key-0123456789abcdef"
 INJECTED_INFER = "operator-chosen-inference-key-0123456789"
-
-
-@pytest.fixture
-def sessions(prepared) -> Iterator[sessionmaker]:
-    engine = make_engine(prepared)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def read_keys_file(settings) -> dict[str, str]:

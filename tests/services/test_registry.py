@@ -8,13 +8,13 @@ placeholder because nothing here loads a checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.db.models import Model, SemanticClass, Task
-from services.db.session import make_engine, make_session_factory, session_scope
+from services.db.session import session_scope
 from services.registry.aliases import (
     LATEST,
     PRODUCTION,
@@ -110,13 +110,6 @@ def seed_lineage(sessions: sessionmaker, settings, model_name: str = "m", prefix
         record(s, settings, prefix + "t2", 1, V2)
         record(s, settings, prefix + "t3", 2, V3)
         return model.id
-
-
-@pytest.fixture
-def sessions(prepared) -> Iterator[sessionmaker]:
-    engine = make_engine(prepared)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def model_row(sessions, name: str = "m") -> Model:

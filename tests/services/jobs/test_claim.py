@@ -9,19 +9,12 @@ import pytest
 
 from services.db.base import utcnow
 from services.db.models import ModelVersion, SemanticClass, Task, TaskStatus, WorkerHeartbeat
-from services.db.session import make_engine, make_session_factory, session_scope
+from services.db.session import session_scope
 from services.jobs.claim import Claim, claim, resolve_parent
 from services.jobs.lifecycle import fail
 from services.jobs.plan import build_plan
 from services.jobs.registration import latest_pending
 from services.registry.models import create_model
-
-
-@pytest.fixture
-def sessions(prepared):
-    engine = make_engine(prepared)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from services.db.models import Task
-from services.db.session import make_engine, make_session_factory, session_scope
+from services.db.session import session_scope
 from services.jobs import progress as progress_module
 from services.jobs.history import HISTORY_POINTS, fractional_epoch, history_points, thinned, with_point
 from services.jobs.progress import ProgressWriter
@@ -91,13 +91,6 @@ def test_the_view_reads_nan_and_infinity_as_malformed():
 
 
 # --- the writer on a real database ---------------------------------------------------------------
-@pytest.fixture
-def sessions(prepared):
-    engine = make_engine(prepared)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
 @pytest.fixture
 def task_id(sessions) -> str:
     with session_scope(sessions) as s:
