@@ -193,21 +193,21 @@ def test_a_zip_submitted_from_the_page_trains_live_and_can_be_cancelled(stack, n
     # First a bad spec: the API's own message is shown and nothing is created.
     with stack.api() as api:
         before = len(api.get(f"/models/{MODEL}/tasks").json())
-    page.fill("#submit-classes", "circle")  # already a class of the model: a 409
+    page.fill("#submit-classes", "square")  # already a class of the model: a 409
     page.set_input_files("#submit-archive", str(archive))
     page.click("#submit-form button[type=submit]")
     error = page.wait_for_selector("#submit-result [role=alert]")
-    assert "circle" in error.inner_text() and "already" in error.inner_text()
+    assert "square" in error.inner_text() and "already" in error.inner_text()
     with stack.api() as api:
         assert len(api.get(f"/models/{MODEL}/tasks").json()) == before
-    page.fill("#submit-classes", "star")
+    page.fill("#submit-classes", "marker")
     page.fill("#submit-epochs", "300")
     page.click("#submit-form button[type=submit]")
     link = page.wait_for_selector("#new-task-link")
     task_id = link.get_attribute("href").rsplit("/", 1)[1]
     with stack.api() as api:
         task = api.get(f"/tasks/{task_id}").json()
-    assert task["classes"] == {"star": 4} and task["status"] in ("queued", "running")
+    assert task["classes"] == {"marker": 4} and task["status"] in ("queued", "running")
     shot(page, "submitted")
     link.click()
     page.wait_for_selector("#task-facts")
@@ -235,7 +235,7 @@ def test_a_zip_submitted_from_the_page_trains_live_and_can_be_cancelled(stack, n
 def test_see_it_segment_samples_and_an_uploaded_image(stack, new_page, tmp_path):
     page = new_page()
     sign_in(page, stack, hash_=f"#/m/{MODEL}/segment?v=2")
-    page.wait_for_selector("#samples figure .triple canvas", timeout=30_000)
+    page.wait_for_selector("#samples[data-state=done]", timeout=60_000)
     figures = page.query_selector_all("#samples figure")
     assert figures and all(len(f.query_selector_all("canvas")) == 3 for f in figures)
     with stack.api() as api:

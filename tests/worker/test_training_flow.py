@@ -28,10 +28,14 @@ SMALL = {"architecture": "lraspp_mobilenet_v3_large", "image_size": 32, "batch_s
          "hyperparameters": {"lr": 0.05, "seed": 0, "pretrained_backbone": False}}
 
 
-def shapes_zip(tmp: Path, classes: list[int], count: int, seed: int) -> bytes:
-    """A zip of images/ + masks/ whose masks label only ``classes``, renumbered 1.. (local form)."""
-    root = write_shapes_dataset(tmp / f"shapes-{seed}", {"train": count}, size=32, num_shapes=3,
-                                compositions={"train": [classes]}, seed=seed)
+def shapes_zip(tmp: Path, classes: list[int], count: int, seed: int, shown: list[int] | None = None) -> bytes:
+    """A zip of images/ + masks/ whose masks label only ``classes``, renumbered 1.. (local form).
+
+    ``shown``: the shapes every image draws (default: ``classes``); those not in ``classes`` are
+    labelled background, as MiB's protocol has old classes in a new step's images."""
+    name = f"shapes-{seed}" if shown is None else f"shapes-{seed}-{'-'.join(map(str, shown))}"
+    root = write_shapes_dataset(tmp / name, {"train": count}, size=32, num_shapes=3,
+                                compositions={"train": [shown or classes]}, seed=seed)
     lut = np.zeros(256, dtype=np.uint8)
     lut[255] = 255
     for local, c in enumerate(classes, start=1):
