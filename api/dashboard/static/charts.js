@@ -42,8 +42,10 @@ export function miouChart(el, versions) {
 
 // The loss over a whole run: x in fractional epochs, as the task's progress history stores it.
 export function lossChart(name, el, history, height = 220) {
+  const compact = height < 200; // a queue card: no legend, the numbers are beside it
   return make(name, el, {
     height,
+    legend: { show: !compact },
     scales: { x: { time: false } },
     axes: [{ ...axisStyle, label: "epoch" }, { ...axisStyle, label: "loss" }],
     series: [{ label: "epoch", value: (_, v) => (v == null ? "" : v.toFixed(2)) },

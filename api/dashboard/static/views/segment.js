@@ -49,25 +49,27 @@ async function showSamples(ctx, name, v, data, gallery) {
     clear(gallery, h("p", { class: "muted" }, "The tasks of this lineage kept no validation images."));
     return;
   }
-  clear(gallery);
-  for (const s of samples) {
-    const row = h("figure", { class: "sample", "data-item": s.id }, h("p", { class: "muted small" }, "…"));
-    gallery.append(row);
-    try {
-      const image = await blob(paths.itemImage(name, s.id));
-      const [truth, predicted] = await Promise.all([
-        blob(paths.itemMask(name, s.id)),
-        request("POST", paths.segment(name, v), { body: form(image, s.stem), accept: "image/png" }),
-      ]);
-      if (!ctx.current()) return;
-      const [img, gt, pred] = await Promise.all([image, truth, predicted].map((b) => createImageBitmap(b)));
-      clear(row,
-        h("div", { class: "triple" }, canvasOf(img), overlay(img, gt), overlay(img, pred)),
-        h("figcaption", { class: "small" }, `${s.stem} (task ${s.task_id.slice(0, 8)}, which added ${s.classes.join(", ")})`),
-        legend(data, [...presentIn(gt, data), ...presentIn(pred, data)]));
-    } catch (err) {
-      clear(row, errorBox(err));
-    }
+  const rows = samples.map((s) => h("figure", { class: "sample", "data-item": s.id }, h("p", { class: "muted small" }, "…")));
+  clear(gallery, rows);
+  await Promise.all(samples.map((s, i) => showSample(ctx, name, v, data, s, rows[i])));
+  gallery.dataset.state = "done"; // every sample drawn (or its error shown)
+}
+
+async function showSample(ctx, name, v, data, s, row) {
+  try {
+    const image = await blob(paths.itemImage(name, s.id));
+    const [truth, predicted] = await Promise.all([
+      blob(paths.itemMask(name, s.id)),
+      request("POST", paths.segment(name, v), { body: form(image, s.stem), accept: "image/png" }),
+    ]);
+    if (!ctx.current()) return;
+    const [img, gt, pred] = await Promise.all([image, truth, predicted].map((b) => createImageBitmap(b)));
+    clear(row,
+      h("div", { class: "triple" }, canvasOf(img), overlay(img, gt), overlay(img, pred)),
+      h("figcaption", { class: "small" }, `${s.stem} (task ${s.task_id.slice(0, 8)}, which added ${s.classes.join(", ")})`),
+      legend(data, [...presentIn(gt, data), ...presentIn(pred, data)]));
+  } catch (err) {
+    clear(row, errorBox(err));
   }
 }
 

@@ -84,7 +84,7 @@ function updateRunning(container, cards, tasks, refresh) {
   for (const t of tasks) {
     let card = cards.get(t.id);
     if (!card) {
-      card = progressCard(t, refresh, `queue-${t.id}`, 140);
+      card = progressCard(t, refresh, `queue-${t.id}`, 180);
       cards.set(t.id, card);
       container.append(card.el);
     }
