@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 from services.learning.names import DEFAULT_METHOD, SERVICE_METHODS
 
@@ -46,6 +47,16 @@ def dashboard_slash() -> RedirectResponse:
     return RedirectResponse("/dashboard")
 
 
+class RevalidatedFiles(StaticFiles):
+    """Static files a browser revalidates (ETag) before each use, so that after an upgrade it never
+    runs new modules beside old ones."""
+
+    def file_response(self, *args, **kwargs) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def install_dashboard(app: FastAPI) -> None:
     app.include_router(router)
-    app.mount(STATIC_URL, StaticFiles(directory=DASHBOARD_DIR / "static"), name="dashboard-static")
+    app.mount(STATIC_URL, RevalidatedFiles(directory=DASHBOARD_DIR / "static"), name="dashboard-static")

@@ -27,12 +27,15 @@ VersionRef = Annotated[str, Path(max_length=64, pattern=VERSION_REF_PATTERN,
                                  description="A version number or an alias name.")]
 
 
+def miou_of(row: ModelVersion) -> dict:
+    return {"old": row.miou_old, "new": row.miou_new, "all": row.miou_all}
+
+
 def summary(model_name: str, row: ModelVersion, aliases: list[str], promotion: PromotionDecision) -> dict:
     return {
         "model": model_name, "version": row.version, "parent": row.parent_version, "task_id": row.task_id,
         "architecture": row.architecture, "method": row.method, "num_classes": row.num_classes,
-        "miou": {"old": row.miou_old, "new": row.miou_new, "all": row.miou_all},
-        "aliases": aliases, "created_at": row.created_at,
+        "miou": miou_of(row), "aliases": aliases, "created_at": row.created_at,
         "checkpoint": {"key": row.checkpoint_key, "sha256": row.checkpoint_sha256, "bytes": row.checkpoint_bytes},
         "promotion": promotion.as_dict(),
     }

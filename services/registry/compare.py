@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from services.config import Settings
 from services.db.models import Model, ModelVersion
+from services.registry.aliases import PRODUCTION, get_alias
 from services.registry.models import promotion_policy
 from services.registry.policy import Candidate, PromotionDecision, judge_replacement
 from services.registry.versions import resolve_version
@@ -34,10 +35,12 @@ class Comparison:
     verdict: PromotionDecision  # may b replace a in production?
 
 
-def compare_versions(session: Session, settings: Settings, model: Model, ref_a: str | int,
+def compare_versions(session: Session, settings: Settings, model: Model, ref_a: str | int | None,
                      ref_b: str | int) -> Comparison:
-    """Version ``ref_b`` against ``ref_a`` (numbers or aliases); VersionNotFound names a missing one."""
-    a, b = resolve_version(session, model.id, ref_a), resolve_version(session, model.id, ref_b)
+    """Version ``ref_b`` against ``ref_a`` (numbers or aliases; None: ``default_reference``);
+    VersionNotFound names a missing one."""
+    b = resolve_version(session, model.id, ref_b)
+    a = resolve_version(session, model.id, default_reference(session, model.id, b) if ref_a is None else ref_a)
     ious_a, ious_b = _ious(a), _ious(b)
     names = {int(k): v for k, v in a.class_map.items()} | {int(k): v for k, v in b.class_map.items()}
     rows = [ClassDelta(index=k, name=names[k], iou_a=ious_a.get(k), iou_b=ious_b.get(k),
@@ -47,6 +50,15 @@ def compare_versions(session: Session, settings: Settings, model: Model, ref_a: 
                           ious=ious_b, parent_ious=ious_a, names=names)
     return Comparison(a=a, b=b, classes=sorted(rows, key=_largest_drop_first),
                       verdict=judge_replacement(promotion_policy(settings, model), candidate))
+
+
+def default_reference(session: Session, model_id: int, b: ModelVersion) -> int:
+    """What ``b`` is compared with by default: production, unless ``b`` is production or none is
+    (then its parent; a base version with nothing in production is compared with itself)."""
+    production = get_alias(session, model_id, PRODUCTION)
+    if production is not None and production != b.version:
+        return production
+    return b.parent_version if b.parent_version is not None else b.version
 
 
 def _ious(row: ModelVersion) -> dict[int, float | None]:

@@ -14,8 +14,10 @@ decision's ``reasons`` say which check failed, with the numbers):
    and cannot fail on its own). If no old class could be compared at all, forgetting is unmeasured and the
    version is held for a person to decide.
 
-Decisions are recomputed from stored data when a version is shown, so they always reflect the
-current settings and the current production alias.
+The decision is taken once, when the version is recorded, and stored with it: a version shows why it
+did or did not become production at that moment (versions recorded before decisions were stored get
+one recomputed with the current settings). ``judge_replacement`` answers the other question, asked
+before a person moves production by hand: may this version replace that one now?
 """
 
 from __future__ import annotations

@@ -35,6 +35,14 @@ def test_default_is_the_latest_against_production(client, reader, lineage):
     assert verdict["worst_old_class"] == 1 and verdict["worst_old_class_drop_points"] == pytest.approx(13.0)
 
 
+def test_when_the_latest_is_production_the_default_is_its_parent(client, admin, reader, lineage):
+    assert client.put("/models/m/aliases/production", json={"version": 3}, headers=admin).status_code == 200
+    body = client.get("/models/m/compare", headers=reader).json()
+    assert (body["a"]["version"], body["b"]["version"]) == (2, 3)
+    assert client.get("/models/m/compare?b=1", headers=reader).json()["a"]["version"] == 3  # production
+    assert client.get("/models/m/compare?b=3", headers=reader).json()["a"]["version"] == 2
+
+
 def test_a_rollback_names_the_classes_it_would_lose(client, reader, lineage):
     body = client.get("/models/m/compare?a=3&b=1", headers=reader).json()
     rows = by_name(body)
@@ -65,7 +73,7 @@ def test_same_version_and_bad_references(client, reader, lineage):
     assert client.get("/models/nope/compare", headers=reader).status_code == 404
 
 
-def test_no_production_yet_is_a_clear_404(client, admin, reader):
+def test_a_model_without_versions_is_a_clear_404(client, admin, reader):
     assert client.post("/models", json={"name": "empty"}, headers=admin).status_code == 201
     r = client.get("/models/empty/compare", headers=reader)
-    assert r.status_code == 404 and "production" in r.json()["detail"]
+    assert r.status_code == 404 and "the model has no version yet" in r.json()["detail"]

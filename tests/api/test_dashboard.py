@@ -47,7 +47,10 @@ def test_every_file_the_page_and_its_modules_load_is_served(client):
     for url in set(urls):
         r = client.get(url)
         assert r.status_code == 200, url
-    assert client.get("/dashboard/static/../routes/dashboard.py").status_code == 404
+    # Sent as is (httpx would resolve a literal '..' before sending): nothing outside static/ is served.
+    assert client.get("/dashboard/static/%2e%2e/routes/dashboard.py").status_code == 404
+    assert client.get("/dashboard/static/..%2froutes/dashboard.py").status_code == 404
+    assert client.get("/dashboard/static/app.js").headers["cache-control"] == "no-cache"
 
 
 def test_the_vendored_chart_library_is_the_locked_version():

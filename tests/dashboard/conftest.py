@@ -149,8 +149,10 @@ def wait_for(api: httpx.Client, task_id: str, until=("succeeded", "failed", "can
 
 
 # --- the browser ---------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one module: Playwright's sync API holds a running event loop on this thread
+    while it is open, and tests after it (asyncio.run) need that loop gone."""
     if not Path(CHROMIUM).exists():
         if IN_CI:
             pytest.fail(f"{CHROMIUM} is missing and CI=true: apt-get install -y chromium (see .ci/run)", pytrace=False)

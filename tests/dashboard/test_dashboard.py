@@ -4,7 +4,6 @@ versions that worker trained. Every number the page shows is checked against the
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import pytest
@@ -52,6 +51,10 @@ def test_a_wrong_key_gets_a_clear_message_and_the_key_stays_out_of_urls(stack, n
     # It survives a reload (sessionStorage), and "Forget key" drops it.
     page.reload()
     page.wait_for_selector(".model-card")
+    page.goto(f"{stack.url}/dashboard#/m/{MODEL}/forgetting")
+    page.wait_for_selector("#heatmap")
+    for log in ("api.log", "worker.log"):  # what the processes logged, requests included
+        assert stack.admin_key not in (stack.settings.data_dir / log).read_text(errors="replace"), log
     page.click("#key-status button")
     page.wait_for_selector("#api-key")
 
@@ -180,7 +183,7 @@ def test_promote_then_roll_back_with_the_consequences_shown_first(stack, new_pag
     page.wait_for_selector("#dialog #compare-table")
     assert page.inner_text("#confirm-move") == "Roll back to v1"
     page.click("#confirm-move")
-    page.wait_for_selector(".flash-ok")
+    page.wait_for_selector("#notice .flash-ok:has-text('now v1 (was v2)')")
     assert production(stack) == 1
 
 
@@ -253,17 +256,41 @@ def test_see_it_segment_samples_and_an_uploaded_image(stack, new_page, tmp_path)
     shot(page, "segment")
 
 
+# Each view and what shows it has drawn (a hash change keeps the previous view's heading for a while).
+VIEWS = [("overview", "", "#models"), ("versions", f"/m/{MODEL}", "#versions-table"),
+         ("forgetting", f"/m/{MODEL}/forgetting", "#heatmap"), ("compare", f"/m/{MODEL}/compare", "#compare-table"),
+         ("training", f"/m/{MODEL}/training", "[data-section=succeeded]"),
+         ("segment", f"/m/{MODEL}/segment", "#samples[data-state=done]"), ("submit", f"/m/{MODEL}/submit", "#submit-form")]
+
+
 @pytest.mark.parametrize(("width", "height", "label"), [(390, 844, "phone"), (1920, 1080, "wide")])
 def test_the_pages_fit_a_phone_and_a_wide_screen(stack, new_page, width, height, label):
     page = new_page(width, height)
     sign_in(page, stack)
-    for view in ("", "forgetting", "compare", "training"):
-        page.goto(f"{stack.url}/dashboard#/m/{MODEL}{'/' + view if view else ''}")
-        page.wait_for_selector("main h1")
-        time.sleep(0.5)
+    for name, route, drawn in VIEWS:
+        page.goto(f"{stack.url}/dashboard#{route or '/'}")
+        page.wait_for_selector(drawn)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 1, f"{view or 'versions'} is {overflow}px wider than a {width}px screen"
-        shot(page, f"{label}-{view or 'versions'}")
+        assert overflow <= 1, f"{name} is {overflow}px wider than a {width}px screen"
+        shot(page, f"{label}-{name}")
+    with stack.api() as api:
+        task = api.get(f"/models/{MODEL}/tasks").json()[-1]
+    page.goto(f"{stack.url}/dashboard#/tasks/{task['id']}")
+    page.wait_for_selector("#task-facts [data-field=version] a")
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 1
+    shot(page, f"{label}-task")
+
+
+@pytest.mark.http_errors(403)
+def test_a_key_that_may_not_segment_sees_the_images_and_one_clear_notice(stack, new_page):
+    page = new_page()
+    sign_in(page, stack, stack.read_key, hash_=f"#/m/{MODEL}/segment")
+    page.wait_for_selector("#samples[data-state=done]")
+    assert "No predictions: this needs a key with scope 'infer'" in page.inner_text("#no-predictions")
+    figures = page.query_selector_all("#samples figure")
+    assert figures and all(len(f.query_selector_all("canvas")) == 2 for f in figures)  # image and ground truth
+    assert page.is_disabled("#upload-image")
+    shot(page, "segment-without-infer")
 
 
 def test_the_page_loads_nothing_from_elsewhere(stack):

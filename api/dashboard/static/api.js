@@ -34,7 +34,7 @@ function errorFrom(status, body, fallback) {
   const detail = body && typeof body === "object" && "detail" in body ? body.detail : body;
   const words = describeDetail(detail) || fallback;
   if (status === 401) return new ApiError(status, `The key was refused: ${words}`, detail);
-  if (status === 503) return new ApiError(status, `The service is unavailable for now (${words}); it retries by itself.`, detail);
+  if (status === 503) return new ApiError(status, `The service is unavailable for now: ${words}`, detail);
   return new ApiError(status, words, detail);
 }
 
@@ -100,7 +100,8 @@ export const paths = {
   itemMask: (name, id) => `${m(name)}/items/${id}/mask`,
   classes: (name) => `${m(name)}/classes`,
   alias: (name, alias) => `${m(name)}/aliases/${encodeURIComponent(alias)}`,
-  compare: (name, a, b) => `${m(name)}/compare?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`,
+  // a, b: version numbers or aliases; left out, the service's defaults (the latest against production).
+  compare: (name, a, b) => `${m(name)}/compare?${new URLSearchParams(Object.entries({ a, b }).filter(([, v]) => v != null))}`,
   modelTasks: (name, limit = 100) => `${m(name)}/tasks?limit=${limit}`,
   submit: (name) => `${m(name)}/tasks`,
   segment: (name, v) => `${m(name)}/segment?version=${encodeURIComponent(v)}`,

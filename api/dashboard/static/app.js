@@ -4,6 +4,7 @@
 
 import { ApiError, get, key, paths } from "./api.js";
 import { clear, errorBox, h } from "./dom.js";
+import { dropDetachedCharts } from "./charts.js";
 import { renderOverview } from "./views/overview.js";
 import { renderVersions } from "./views/versions.js";
 import { renderForgetting } from "./views/forgetting.js";
@@ -31,7 +32,10 @@ export function navigate(hash) {
   if (location.hash === hash) route(); else location.hash = hash;
 }
 
+let keepNoticeUntil = 0; // a flash survives the re-render that follows the action it reports
+
 export function flash(text, kind = "ok") {
+  keepNoticeUntil = Date.now() + 1000;
   clear(notice, h("div", { class: `flash flash-${kind}` }, text, h("button", { class: "link", onclick: () => clear(notice), "aria-label": "Dismiss" }, "×")));
 }
 
@@ -42,16 +46,27 @@ function parse() {
 }
 
 function stopTimers() {
-  timers.forEach(clearInterval);
+  timers.forEach(clearTimeout);
   timers = [];
 }
 
+// ctx.every(ms, fn): fn again ms after the previous call ended (never two at once, so answers
+// cannot arrive out of order), until the operator navigates away.
 function context(gen, query) {
-  return {
+  const ctx = {
     view, query, config,
-    every(ms, fn) { timers.push(setInterval(() => { if (gen === generation) fn(); }, ms)); },
+    every(ms, fn) {
+      const tick = async () => {
+        if (gen !== generation) return;
+        try { await fn(); } catch (err) { ctx.fail(err); }
+        if (gen === generation) timers.push(setTimeout(tick, ms));
+      };
+      timers.push(setTimeout(tick, ms));
+    },
     current: () => gen === generation,
+    fail: (err) => { if (gen === generation) handleError(err); },
   };
+  return ctx;
 }
 
 async function route() {
@@ -64,13 +79,16 @@ async function route() {
   try {
     models = await get(paths.models());
   } catch (err) {
-    return handleError(err);
+    if (gen === generation) handleError(err);
+    return;
   }
   if (gen !== generation) return;
   fillPicker(models, parts[0] === "m" ? parts[1] : null);
   const modelName = parts[0] === "m" ? parts[1] : null;
   fillNav(modelName, parts);
+  if (Date.now() > keepNoticeUntil) clear(notice);
   clear(view, h("p", { class: "muted" }, "Loading…"));
+  dropDetachedCharts(); // the previous view's
   try {
     if (parts.length === 0) await renderOverview(ctx, models);
     else if (parts[0] === "training") await renderQueue(ctx, null);
@@ -88,13 +106,25 @@ async function route() {
   }
 }
 
-function handleError(err) {
+const RETRY_MS = 5000;
+
+// An error that ends a view: 401 back to the key form; an outage (503, no answer) retried by itself.
+export function handleError(err) {
   if (err instanceof ApiError && err.status === 401) {
     key.clear();
     return showKeyForm(err.message);
   }
-  console.warn(err);
-  clear(view, errorBox(err), h("p", {}, h("a", { href: "#/" }, "Back to the overview")));
+  if (err instanceof ApiError) console.warn(err.message); else console.error(err); // a fault of the page
+  const outage = err instanceof ApiError && (err.status === 503 || err.status === 0);
+  if (outage) {
+    const gen = generation;
+    timers.push(setTimeout(() => { if (gen === generation) route(); }, RETRY_MS));
+  }
+  fillKeyStatus();
+  clear(view, errorBox(err),
+    outage ? h("p", { class: "muted" }, `Trying again in ${RETRY_MS / 1000} s…`) : null,
+    h("p", { class: "row" }, h("button", { onclick: route, id: "retry" }, "Try again"),
+      h("a", { href: "#/", onclick: () => navigate("#/") }, "Back to the overview")));
 }
 
 function fillPicker(models, selected) {
@@ -111,8 +141,13 @@ function fillNav(modelName, parts) {
     ? MODEL_TABS.map(([tab, text]) => link(`#/m/${encodeURIComponent(modelName)}${tab ? `/${tab}` : ""}`, text, (parts[2] || "") === tab))
     : [];
   clear(nav, global, tabs.length ? h("span", { class: "sep" }, "|") : null, tabs);
+  fillKeyStatus();
+}
+
+function fillKeyStatus() {
   const k = key.get();
-  clear(keyStatus, k ? `key ${k.slice(0, 14)}…` : "", k ? h("button", { class: "link", onclick: signOut }, "Forget key") : null);
+  // No more of the key than the service itself shows of it (its prefix).
+  clear(keyStatus, k ? `key ${k.slice(0, 12)}…` : "", k ? h("button", { class: "link", onclick: signOut }, "Forget key") : null);
 }
 
 function signOut() {

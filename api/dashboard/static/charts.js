@@ -13,8 +13,7 @@ window.addEventListener("resize", () => {
 const widthOf = (el) => Math.max(260, el.clientWidth || 600);
 
 function make(name, el, opts, data) {
-  registry[name]?.destroy();
-  resizers.forEach((_, chart) => { if (!chart.root.isConnected) { resizers.delete(chart); } });
+  dropChart(name);
   const chart = new uPlot({ width: widthOf(el), ...opts }, data, el);
   registry[name] = chart;
   resizers.set(chart, el);
@@ -56,6 +55,14 @@ export function lossChart(name, el, history, height = 220) {
 export const lossData = (history) => [history.map((p) => p[0]), history.map((p) => p[1])];
 
 export function dropChart(name) {
-  registry[name]?.destroy();
+  const chart = registry[name];
+  if (!chart) return;
+  chart.destroy();
+  resizers.delete(chart);
   delete registry[name];
+}
+
+// Charts whose element left the page (the operator navigated away, a task card went).
+export function dropDetachedCharts() {
+  for (const [name, chart] of Object.entries(registry)) if (!chart.root.isConnected) dropChart(name);
 }

@@ -68,16 +68,28 @@ export function duration(seconds) {
 const VIRIDIS = ["#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725"];
 const rgb = (hex) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
 
-export function viridis(t) {
+function viridisRgb(t) {
   const x = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1);
   const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
   const [a, b] = [rgb(VIRIDIS[i]), rgb(VIRIDIS[i + 1])];
   const f = x - i;
-  return `rgb(${a.map((v, k) => Math.round(v + (b[k] - v) * f)).join(",")})`;
+  return a.map((v, k) => Math.round(v + (b[k] - v) * f));
 }
 
-// Dark text on the light end of the scale, light text on the dark end.
-export const textOn = (t) => (t > 0.55 ? "#111" : "#fff");
+export const viridis = (t) => `rgb(${viridisRgb(t).join(",")})`;
+
+// WCAG relative luminance and contrast ratio.
+const luminance = (c) => {
+  const [r, g, b] = c.map((v) => { const s = v / 255; return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4; });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const contrast = (l1, l2) => (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
+
+// The text colour (near-black or white) with the higher contrast on the scale's colour at t.
+export function textOn(t) {
+  const l = luminance(viridisRgb(t));
+  return contrast(l, luminance([17, 17, 17])) >= contrast(l, 1) ? "#111" : "#fff";
+}
 export const viridisStops = VIRIDIS;
 
 // Okabe-Ito colours for lines (old / new / all), told apart by dash patterns too.

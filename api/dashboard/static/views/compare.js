@@ -16,13 +16,10 @@ export async function renderCompare(ctx, name) {
     clear(ctx.view, modelHeader(model), h("p", { class: "card empty" }, "No version yet."));
     return;
   }
-  // Default: the candidate (the latest version) against production (or its parent when it is production).
-  const latest = versions[versions.length - 1].version;
-  const b = Number(ctx.query.get("b")) || latest;
-  const bParent = versions.find((v) => v.version === b)?.parent;
-  const a = Number(ctx.query.get("a")) || (model.production && model.production !== b ? model.production : bParent ?? b);
-  const cmp = await get(paths.compare(name, a, b));
+  // Without a choice in the address, the service's default: the latest version against production.
+  const cmp = await get(paths.compare(name, ctx.query.get("a"), ctx.query.get("b")));
   if (!ctx.current()) return;
+  const [a, b] = [cmp.a.version, cmp.b.version];
   const enc = encodeURIComponent(name);
   const pick = (id, value) => h("select", { id, "aria-label": id === "cmp-a" ? "Version a" : "Version b",
     onchange: () => navigate(`#/m/${enc}/compare?a=${document.getElementById("cmp-a").value}&b=${document.getElementById("cmp-b").value}`) },
@@ -32,7 +29,7 @@ export async function renderCompare(ctx, name) {
   clear(ctx.view, modelHeader(model),
     h("section", { class: "card" },
       h("div", { class: "row" }, h("label", {}, "a ", pick("cmp-a", a)), h("span", {}, "→"), h("label", {}, "b ", pick("cmp-b", b)),
-        canMove ? h("button", { id: "promote-b", "data-version": b, onclick: () => confirmProduction(name, b, model.production, (moved) => {
+        canMove ? h("button", { id: "promote-b", "data-version": b, onclick: () => confirmProduction(name, b, (moved) => {
           flash(`production of ${name} is now v${moved.version}${moved.previous ? ` (was v${moved.previous})` : ""}`);
           navigate(`#/m/${enc}/compare?a=${a}&b=${b}`);
         }) }, model.production && b < model.production ? `Roll back to v${b}` : `Promote v${b}`) : badge(`v${b} is production`, "prod")),

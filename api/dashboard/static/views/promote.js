@@ -8,23 +8,26 @@ import { deltaTable, verdictBox } from "./compare.js";
 
 const dialog = document.getElementById("dialog");
 
-export async function confirmProduction(name, target, production, onDone) {
-  const verb = production && target < production ? "Roll back to" : "Promote";
+let opened = 0; // the latest confirmation: an earlier one's late answers are dropped
+
+// Production is read afresh here (another operator, or automatic promotion, may have moved it since
+// the page was drawn), and so are the consequences.
+export async function confirmProduction(name, target, onDone) {
+  const token = ++opened;
   clear(dialog, h("p", { class: "muted" }, "Loading the consequences…"));
   dialog.showModal();
+  let production = null;
   let body;
-  if (production && production !== target) {
-    try {
-      const cmp = await get(paths.compare(name, production, target));
-      body = [h("p", {}, `Requests without a version go to v${production} now; after this they go to v${target}. `,
-        "Per class, what they would get:"), verdictBox(cmp.verdict), deltaTable(cmp, name)];
-    } catch (err) {
-      body = [errorBox(err)];
-    }
-  } else {
-    body = [h("p", {}, production === target ? `v${target} is already production.`
-      : `No version is in production yet: v${target} will serve requests that name no version.`)];
+  try {
+    production = (await get(paths.model(name))).production;
+    body = production && production !== target ? await consequences(name, production, target)
+      : [h("p", {}, production === target ? `v${target} is already production.`
+        : `No version is in production yet: v${target} will serve requests that name no version.`)];
+  } catch (err) {
+    body = [errorBox(err)];
   }
+  if (token !== opened || !dialog.open) return;
+  const verb = production && target < production ? "Roll back to" : "Promote";
   const out = h("div", { id: "dialog-result" });
   const confirm = h("button", { class: "primary", id: "confirm-move", disabled: production === target, onclick: async () => {
     confirm.disabled = true;
@@ -37,11 +40,15 @@ export async function confirmProduction(name, target, production, onDone) {
       confirm.disabled = false;
     }
   } }, `${verb} v${target}`);
-  clear(dialog,
-    h("h2", {}, `${verb} v${target} of ${name}?`),
-    body,
-    out,
-    h("div", { class: "row end" }, h("button", { onclick: () => dialog.close(), id: "cancel-move" }, "Keep things as they are"), confirm));
+  const keep = h("button", { onclick: () => dialog.close(), id: "cancel-move" }, "Keep things as they are");
+  clear(dialog, h("h2", { id: "dialog-title" }, `${verb} v${target} of ${name}?`), body, out, h("div", { class: "row end" }, keep, confirm));
+  keep.focus();
+}
+
+async function consequences(name, production, target) {
+  const cmp = await get(paths.compare(name, production, target));
+  return [h("p", {}, `Requests without a version go to v${production} now; after this they go to v${target}. `,
+    "Per class, what they would get:"), verdictBox(cmp.verdict), deltaTable(cmp, name)];
 }
 
 // Cancel a task, after a confirmation.
@@ -58,12 +65,14 @@ export async function confirmCancel(task, onDone) {
       yes.disabled = false;
     }
   } }, "Cancel the task");
+  ++opened;
   clear(dialog,
-    h("h2", {}, `Cancel task ${task.id.slice(0, 8)} of ${task.model}?`),
+    h("h2", { id: "dialog-title" }, `Cancel task ${task.id.slice(0, 8)} of ${task.model}?`),
     h("p", {}, task.status === "running"
       ? "It stops at its next step; the epochs done so far are not turned into a version."
       : "It will not start; later tasks of the model move up the queue."),
     out,
-    h("div", { class: "row end" }, h("button", { onclick: () => dialog.close() }, "Keep it"), yes));
+    h("div", { class: "row end" }, h("button", { onclick: () => dialog.close(), id: "keep-task" }, "Keep it"), yes));
   dialog.showModal();
+  document.getElementById("keep-task").focus();
 }

@@ -51,26 +51,41 @@ async function showSamples(ctx, name, v, data, gallery) {
   }
   const rows = samples.map((s) => h("figure", { class: "sample", "data-item": s.id }, h("p", { class: "muted small" }, "…")));
   clear(gallery, rows);
-  await Promise.all(samples.map((s, i) => showSample(ctx, name, v, data, s, rows[i])));
+  // The first sample alone, then the rest: a key that may not segment is told once, not per image.
+  const refused = await showSample(ctx, name, v, data, samples[0], rows[0], null);
+  const skip = refused?.status === 403 ? refused : null;
+  await Promise.all(samples.slice(1).map((s, i) => showSample(ctx, name, v, data, s, rows[i + 1], skip)));
+  if (skip && ctx.current()) {
+    gallery.prepend(h("div", { class: "error", role: "alert", id: "no-predictions" },
+      `No predictions: ${skip.message}. The images and their ground truth are shown.`));
+    document.getElementById("upload-image").disabled = true;
+  }
   gallery.dataset.state = "done"; // every sample drawn (or its error shown)
 }
 
-async function showSample(ctx, name, v, data, s, row) {
+// One sample: the image, its ground truth and (unless ``skip``) the prediction; returns the
+// prediction's error, if any.
+async function showSample(ctx, name, v, data, s, row, skip) {
+  let failed = skip;
   try {
     const image = await blob(paths.itemImage(name, s.id));
     const [truth, predicted] = await Promise.all([
       blob(paths.itemMask(name, s.id)),
-      request("POST", paths.segment(name, v), { body: form(image, s.stem), accept: "image/png" }),
+      skip ? null : request("POST", paths.segment(name, v), { body: form(image, s.stem), accept: "image/png" })
+        .catch((err) => { failed = err; return null; }),
     ]);
-    if (!ctx.current()) return;
-    const [img, gt, pred] = await Promise.all([image, truth, predicted].map((b) => createImageBitmap(b)));
+    if (!ctx.current()) return failed;
+    const [img, gt] = await Promise.all([createImageBitmap(image), createImageBitmap(truth)]);
+    const pred = predicted ? await createImageBitmap(predicted) : null;
     clear(row,
-      h("div", { class: "triple" }, canvasOf(img), overlay(img, gt), overlay(img, pred)),
+      h("div", { class: "triple" }, canvasOf(img), overlay(img, gt),
+        pred ? overlay(img, pred) : h("p", { class: "muted small" }, skip ? "no prediction" : failed?.message)),
       h("figcaption", { class: "small" }, `${s.stem} (task ${s.task_id.slice(0, 8)}, which added ${s.classes.join(", ")})`),
-      legend(data, [...presentIn(gt, data), ...presentIn(pred, data)]));
+      legend(data, [...presentIn(gt, data), ...(pred ? presentIn(pred, data) : [])]));
   } catch (err) {
     clear(row, errorBox(err));
   }
+  return failed;
 }
 
 function form(image, filename) {

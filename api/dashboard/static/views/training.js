@@ -4,7 +4,7 @@
 
 import { get, paths } from "../api.js";
 import { ago, clear, duration, errorBox, h, statusBadge, when } from "../dom.js";
-import { lossChart, lossData } from "../charts.js";
+import { dropChart, lossChart, lossData } from "../charts.js";
 import { confirmCancel } from "./promote.js";
 import { flash } from "../app.js";
 
@@ -33,16 +33,23 @@ export async function renderQueue(ctx, modelName) {
   clear(ctx.view, h("h1", {}, modelName ? `Training · ${modelName}` : "Training queue · all models"),
     h("section", { class: "card" }, h("h2", {}, "Running"), running), rest);
   const cards = new Map();
+  let shown = ""; // what the tables below were drawn from: redrawn only when it changes
   const refresh = async () => {
     let tasks;
     try {
       tasks = await get(modelName ? paths.modelTasks(modelName) : paths.tasks());
     } catch (err) {
+      if (err.status === 401) throw err;
       clear(rest, errorBox(err));
+      shown = "";
       return;
     }
     if (!ctx.current()) return;
     updateRunning(running, cards, tasks.filter((t) => t.status === "running"), refresh);
+    const signature = JSON.stringify(tasks.filter((t) => t.status !== "running")
+      .map((t) => [t.id, t.status, t.cancel_requested, t.finished_at, t.model_version]));
+    if (signature === shown) return;
+    shown = signature;
     const by = (s) => tasks.filter((t) => t.status === s);
     const queued = by("queued").reverse(); // oldest first: the order they will run in
     clear(rest,
@@ -78,7 +85,9 @@ function cancelButton(t, refresh) {
 // Running tasks as cards updated in place, so their charts keep their state between polls.
 function updateRunning(container, cards, tasks, refresh) {
   const ids = new Set(tasks.map((t) => t.id));
-  for (const [id, card] of cards) if (!ids.has(id)) { card.el.remove(); cards.delete(id); }
+  for (const [id, card] of cards) {
+    if (!ids.has(id)) { card.el.remove(); dropChart(`queue-${id}`); cards.delete(id); }
+  }
   if (!tasks.length && !container.querySelector(".muted")) container.append(h("p", { class: "muted" }, "Nothing is training."));
   if (tasks.length) container.querySelector(":scope > .muted")?.remove();
   for (const t of tasks) {
@@ -104,13 +113,18 @@ function progressCard(t, refresh, chartName, chartHeight) {
     h("div", { class: "row small" }, fields.text, h("span", {}, "loss ", fields.loss), fields.rate, h("span", {}, "eta ", fields.eta)),
     chartEl);
   let chart = null;
+  let state = "";
   return {
     el,
     update(task) {
       const bits = progressBits(task);
       bar.value = bits.bar;
       for (const f of Object.keys(fields)) fields[f].textContent = bits[f] ?? "–";
-      clear(cancel, ["queued", "running"].includes(task.status) ? cancelButton(task, refresh) : null);
+      // The button is rebuilt only when the task's state changes: a rebuild under a click loses it.
+      if (`${task.status}:${task.cancel_requested}` !== state) {
+        state = `${task.status}:${task.cancel_requested}`;
+        clear(cancel, ["queued", "running"].includes(task.status) ? cancelButton(task, refresh) : null);
+      }
       const history = task.progress?.history || [];
       if (!chart && history.length && el.isConnected) chart = lossChart(chartName, chartEl, history, chartHeight);
       else if (chart) chart.setData(lossData(history));
@@ -143,14 +157,19 @@ export async function renderTask(ctx, id) {
       t.error ? [h("dt", {}, "Error"), h("dd", { class: "error-text" }, t.error)] : null);
     card.update(t);
   };
+  const problem = h("div", { "aria-live": "polite" });
+  card.el.before(problem);
   const refresh = async () => {
     try {
       task = await get(paths.task(id));
+      clear(problem);
     } catch (err) {
+      if (err.status === 401) throw err; // back to the key form
+      clear(problem, errorBox(err)); // e.g. an outage: shown, and the next poll tries again
       return;
     }
     if (ctx.current()) show(task);
   };
   show(task);
-  ctx.every(TASK_POLL_MS, () => { if (["queued", "running"].includes(task.status) || !task.finished_at) refresh(); });
+  ctx.every(TASK_POLL_MS, () => (["queued", "running"].includes(task.status) || !task.finished_at ? refresh() : null));
 }

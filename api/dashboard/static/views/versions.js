@@ -69,7 +69,7 @@ function versionTable(name, versions, model, refresh) {
     const isProd = v.version === model.production;
     const action = isProd ? badge("production", "prod")
       : h("button", { class: "small", "data-action": "promote", "data-version": v.version,
-        onclick: () => confirmProduction(name, v.version, model.production, (moved) => {
+        onclick: () => confirmProduction(name, v.version, (moved) => {
           flash(`production of ${name} is now v${moved.version}${moved.previous ? ` (was v${moved.previous})` : ""}`);
           refresh();
         }) }, model.production && v.version < model.production ? "Roll back to" : "Promote");
@@ -88,7 +88,7 @@ function versionTable(name, versions, model, refresh) {
         h("summary", {}, h("span", { class: decision.promote ? "ok" : "warn" }, decision.promote ? "✓ " : "✗ "), decision.summary),
         h("ul", {}, decision.reasons.map((r) => h("li", {}, r)))) : "–"),
       h("td", { class: "actions" }, action, " ",
-        h("a", { href: `#/m/${enc}/compare?a=${model.production ?? v.parent ?? v.version}&b=${v.version}` }, "compare"), " ",
+        h("a", { href: `#/m/${enc}/compare?a=${(isProd ? null : model.production) ?? v.parent ?? v.version}&b=${v.version}` }, "compare"), " ",
         h("a", { href: `#/m/${enc}/segment?v=${v.version}` }, "segment")));
   });
   return h("table", { class: "data", id: "versions-table" },
