@@ -31,7 +31,8 @@ def compare(model: ReadModelDep, session: SessionDep, state: StateDep, b: Ref = 
     result = compare_versions(session, state.settings, model, a, b)
     aliases = aliases_by_version(session, model.id)
     return {"model": model.name, "a": _brief(result.a, aliases), "b": _brief(result.b, aliases),
-            "classes": [{**vars(c), "hex": colour_hex(c.index)} for c in result.classes], "verdict": result.verdict.as_dict()}
+            "classes": [{**vars(c), "hex": colour_hex(c.index)} for c in result.classes],
+            "verdict": result.verdict.as_dict()}
 
 
 def _brief(row: ModelVersion, aliases: dict[int, list[str]]) -> dict:

@@ -8,6 +8,7 @@ Content-Security-Policy forbids loading anything from elsewhere.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 from pathlib import Path
@@ -30,8 +31,10 @@ HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "X-
 router = APIRouter(include_in_schema=False)
 
 
+@functools.cache
 def _page() -> str:
-    """index.html with what the scripts need to know of the service (methods for the submit form)."""
+    """index.html with what the scripts need to know of the service (methods for the submit form);
+    built once, as neither changes while the process runs."""
     config = {"methods": list(SERVICE_METHODS), "defaultMethod": DEFAULT_METHOD, "static": STATIC_URL}
     template = (DASHBOARD_DIR / "index.html").read_text(encoding="utf-8")
     return template.replace("{{config}}", html.escape(json.dumps(config), quote=True))

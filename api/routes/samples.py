@@ -35,7 +35,7 @@ def get_samples(model: ReadModelDep, version: VersionRef, session: SessionDep,
     200: {"content": {"image/*": {}}, "description": "The image as uploaded."}, **ITEM_NOT_FOUND})
 def get_item_image(model: ReadModelDep, item_id: ItemId, session: SessionDep, state: StateDep) -> Response:
     item, _ = model_item(session, model, item_id)
-    data, media_type = item_image(state.store, item)
+    data, media_type = item_image(state.store, state.settings.cache_dir, item)
     return Response(data, media_type=media_type, headers=CACHE)
 
 
@@ -45,4 +45,4 @@ def get_item_image(model: ReadModelDep, item_id: ItemId, session: SessionDep, st
     **ITEM_NOT_FOUND})
 def get_item_mask(model: ReadModelDep, item_id: ItemId, session: SessionDep, state: StateDep) -> Response:
     item, task = model_item(session, model, item_id)
-    return Response(encode_mask_png(item_mask(session, state.store, item, task)), media_type=PNG, headers=CACHE)
+    return Response(encode_mask_png(item_mask(session, state.store, state.settings.cache_dir, item, task)), media_type=PNG, headers=CACHE)

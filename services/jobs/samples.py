@@ -8,10 +8,10 @@ task's classes appear among the first few.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -27,7 +27,7 @@ from services.learning.classmap import channels_of, local_to_channel_lut
 from services.registry.classes import list_classes
 from services.registry.versions import lineage, resolve_version
 from services.storage import ObjectStore
-from services.storage.errors import IntegrityError
+from services.storage.cache import fetch, object_path
 
 MAX_ITEM_ID = 2**31 - 1  # the column is a 32-bit integer: a larger id names no item (and must not reach SQL)
 T = TypeVar("T")
@@ -91,18 +91,18 @@ def model_item(session: Session, model: Model, item_id: int) -> tuple[DatasetIte
     return item, task
 
 
-def item_image(store: ObjectStore, item: DatasetItem) -> tuple[bytes, str]:
+def item_image(store: ObjectStore, cache_dir: Path, item: DatasetItem) -> tuple[bytes, str]:
     """The image as uploaded, and its media type as Pillow reads it off the bytes."""
-    data = _read(store, item.image_key, item.image_sha256)
+    data = _local(store, cache_dir, item.image_key, item.image_sha256).read_bytes()
     with Image.open(io.BytesIO(data)) as im:  # reads the header only
         media_type = Image.MIME.get(im.format or "", "application/octet-stream")
     return data, media_type
 
 
-def item_mask(session: Session, store: ObjectStore, item: DatasetItem, task: Task) -> np.ndarray:
+def item_mask(session: Session, store: ObjectStore, cache_dir: Path, item: DatasetItem, task: Task) -> np.ndarray:
     """uint8 [H, W]: the item's ground truth in the model's global class indices (0 background,
     255 ignore), from the task's stored local mask."""
-    with Image.open(io.BytesIO(_read(store, item.mask_key, item.mask_sha256))) as im:
+    with Image.open(_local(store, cache_dir, item.mask_key, item.mask_sha256)) as im:
         local = np.asarray(im.convert("L"))
     return global_lut(ResolvedSpec.of(task), _class_names(session, task))[local]
 
@@ -127,9 +127,7 @@ def _class_names(session: Session, task: Task) -> dict[int, str]:
     return {BACKGROUND_INDEX: BACKGROUND_NAME, **known, **{i: n for n, i in ResolvedSpec.of(task).assigned_classes.items()}}
 
 
-def _read(store: ObjectStore, key: str, sha256: str) -> bytes:
-    with store.open(key) as reader:
-        data = reader.read()
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise IntegrityError(f"object {key!r} does not match the sha256 its dataset item recorded")
-    return data
+def _local(store: ObjectStore, cache_dir: Path, key: str, sha256: str) -> Path:
+    """The object in the local cache the worker also uses (checked against the recorded sha256):
+    a page showing the same samples again reads no object store."""
+    return fetch(store, key, sha256, object_path(cache_dir, key))
