@@ -128,6 +128,7 @@ export function handleError(err) {
 }
 
 function fillPicker(models, selected) {
+  picker.parentElement.hidden = false;
   clear(picker, h("option", { value: "" }, models.length ? "— all models —" : "— no model yet —"),
     models.map((m) => h("option", { value: m.name, selected: m.name === selected }, m.name)));
 }
@@ -159,6 +160,7 @@ function showKeyForm(message) {
   clear(nav);
   clear(keyStatus);
   clear(picker);
+  picker.parentElement.hidden = true; // nothing to pick before a key is accepted
   const input = h("input", { type: "password", id: "api-key", name: "api-key", autocomplete: "off", required: true,
     placeholder: "strata_…", "aria-label": "API key", size: 48 });
   const form = h("form", { class: "card key-form", onsubmit: (e) => { e.preventDefault(); key.set(input.value); route(); } },

@@ -50,16 +50,23 @@ function lineageTree(versions, model, enc) {
     if (!children.has(key)) children.set(key, []);
     children.get(key).push(v);
   }
-  const node = (v) => h("li", {},
-    h("a", { class: `node${v.version === model.production ? " prod" : ""}`, href: `#/m/${enc}/compare?a=${v.parent ?? v.version}&b=${v.version}`,
-      "data-version": v.version, title: `${v.method}, mIoU all ${pct(v.miou.all)} %` },
-    h("strong", {}, `v${v.version}`), ` ${v.method} · ${pct(v.miou.all)}`,
-    v.aliases.map((a) => badge(a, a === "production" ? "prod" : ""))),
-    children.has(v.version) ? h("ul", {}, children.get(v.version).map(node)) : null);
+  const label = (v) => h("a", { class: `node${v.version === model.production ? " prod" : ""}`,
+    href: `#/m/${enc}/compare?a=${v.parent ?? v.version}&b=${v.version}`, "data-version": v.version,
+    title: `${v.method}, mIoU all ${pct(v.miou.all)} %` },
+  h("strong", {}, `v${v.version}`), ` ${v.method} · ${pct(v.miou.all)}`,
+  v.aliases.map((a) => badge(a, a === "production" ? "prod" : "")));
+  // A version with one child continues at its own depth (a chain of dozens stays a column); only a
+  // version with several children opens a level, one branch per child.
+  const chain = (v) => {
+    const kids = children.get(v.version) || [];
+    if (kids.length === 1) return [h("li", { class: "next" }, label(v)), chain(kids[0])];
+    return [h("li", { class: kids.length ? "fork" : "" }, label(v), kids.length
+      ? h("ul", {}, kids.map((k) => h("li", { class: "branch" }, h("ul", { class: "chain" }, chain(k))))) : null)];
+  };
   // Roots: base models, and versions whose parent was deleted.
   const known = new Set(versions.map((v) => v.version));
   const roots = versions.filter((v) => v.parent == null || !known.has(v.parent));
-  return h("ul", { class: "tree", id: "lineage" }, roots.map(node));
+  return h("ul", { class: "tree chain", id: "lineage" }, roots.map(chain));
 }
 
 function versionTable(name, versions, model, refresh) {
