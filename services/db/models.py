@@ -115,6 +115,7 @@ class Task(Base):
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
         Index("ix_tasks_status_created_at", "status", "created_at"),
         Index("ix_tasks_model_id_created_at", "model_id", "created_at"),
+        Index("ix_tasks_dispatched_at", "dispatched_at"),
         UniqueConstraint("model_id", "idempotency_key"),
         ForeignKeyConstraint(["model_id", "parent_version"], ["model_versions.model_id", "model_versions.version"],
                              name="fk_tasks_parent_version_model_versions", use_alter=True),
@@ -140,6 +141,9 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The outbox: NULL while the task's broker message is owed (sent after the commit, or by the
+    # relay once the broker is back); see services/jobs/outbox.py.
+    dispatched_at: Mapped[datetime | None]
 
     items: Mapped[list[DatasetItem]] = relationship(
         back_populates="task", cascade="all, delete-orphan", passive_deletes=True, order_by="DatasetItem.id"

@@ -176,10 +176,10 @@ def test_downgrade_back_to_0002_with_one_model(at_0002):
 
 def test_downgrade_refused_with_two_models(at_0002):
     settings, _store, _keys = at_0002
-    migrate.upgrade(settings)
+    migrate.upgrade(settings, "0003")
     with database(settings, write=True) as c:
         c.execute(sa.text("INSERT INTO models (name, description, created_at, updated_at) "
                           "VALUES ('other', '', :t, :t)"), {"t": T0})
     with pytest.raises(RuntimeError, match="2 models exist"):
         migrate.downgrade(settings, "0002")
-    assert migrate.current(settings) == migrate.head_revision()
+    assert migrate.current(settings) == "0003"
