@@ -1,6 +1,6 @@
 """The tables: models (named lineages), and within each model its tasks and their dataset items,
 its classes, its versions and their metrics, its aliases; API keys (and the models a key is limited
-to) and worker heartbeats.
+to), worker heartbeats and the audit log of admin actions.
 
 Everything a model owns carries ``model_id``: a class index, a version number and an alias name are
 unique within their model only, so their keys are composite ``(model_id, ...)`` and every foreign
@@ -291,3 +291,31 @@ class WorkerHeartbeat(Base):
     last_ping_token: Mapped[str | None] = mapped_column(String(64))
     # Not a foreign key: a heartbeat must never stop a task from being deleted.
     current_task_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class AuditEvent(Base):
+    """One admin action: who (an API key, or the service itself) did what to what, and when.
+
+    History, written in the transaction of the action it describes and never changed. Nothing here
+    is a foreign key: an event must outlive the model, version, task or key it names (a deleted
+    model's history stays readable), so the key's and the model's names are copied in.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_model_id_at", "model_id", "at"),
+        {"sqlite_autoincrement": True},  # an id is never reused: it is the paging cursor of GET /audit
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The key that acted; all three NULL for the service's own actions (an automatic promotion).
+    key_id: Mapped[int | None]
+    key_name: Mapped[str | None] = mapped_column(String(128))
+    key_prefix: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))  # services/audit.py Action: "version.promote", ...
+    model_id: Mapped[int | None]  # NULL for actions on no model (keys)
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(128))  # "task 3f2a...", "version 3", "key 7"
+    detail: Mapped[dict[str, Any]]  # e.g. {"from": 2, "to": 3} for a move of production

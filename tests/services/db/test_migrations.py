@@ -19,6 +19,7 @@ TABLES = {
     "aliases",
     "api_key_models",
     "api_keys",
+    "audit_events",
     "class_metrics",
     "classes",
     "dataset_items",
