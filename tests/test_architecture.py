@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 WEB_AND_QUEUE = ("fastapi", "starlette", "uvicorn", "celery", "kombu", "billiard")
 CORE = ("learning", "evaluation", "data", "db", "storage", "broker", "config", "errors", "labels")
-RECORDS = ("registry", "auth")
+RECORDS = ("registry", "auth", "audit")
 APPLICATION = ("jobs", "experiments", "inference", "cli")
 
 

@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.db.models import ModelVersion
+from services import audit
+from services.db.models import Model, ModelVersion
 from services.db.session import session_scope
 from services.evaluation.metrics import ClassScore
 from services.jobs import lifecycle
@@ -20,6 +21,7 @@ from services.learning.checkpoint import save_model
 from services.learning.classmap import channel_names
 from services.learning.config import RESUME_FIELDS
 from services.learning.zoo import SegModel
+from services.registry.aliases import PRODUCTION, get_alias
 from services.registry.versions import next_version_number, record_version
 from services.storage.cache import training_dir
 from services.storage.keys import checkpoint_key
@@ -65,7 +67,9 @@ def _recorded_hyperparameters(plan: StepPlan) -> dict[str, Any]:
 def _record(session: Session, ctx: JobContext, plan: StepPlan, version: int, key: str, digest: str, size: int,
             scores: Mapping[int, ClassScore], method: str) -> int:
     task = lifecycle.get_task(session, plan.task_id)
-    row, _decision = record_version(
+    # Locked now, so the policy (which locks it again) and the audit event see the same production.
+    production = get_alias(session, plan.model_id, PRODUCTION, for_update=True)
+    row, decision = record_version(
         session, task=task, parent_version=plan.parent.version if plan.parent else None,
         architecture=plan.architecture, method=method, hyperparameters=_recorded_hyperparameters(plan),
         class_map={str(k): v for k, v in plan.class_map.items()}, checkpoint_key=key,
@@ -74,5 +78,8 @@ def _record(session: Session, ctx: JobContext, plan: StepPlan, version: int, key
         old_classes=plan.old_classes, new_classes=plan.new_classes,
         version=version, settings=ctx.settings,
     )
+    if decision.promote:  # no key did it: the service, by the model's promotion policy
+        audit.alias_moved(session, None, session.get(Model, plan.model_id), PRODUCTION, production, row.version,
+                          automatic=True, task=plan.task_id)
     lifecycle.succeed(task)
     return row.version

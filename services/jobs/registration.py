@@ -22,6 +22,8 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from services import audit
+from services.auth import Caller
 from services.config import Settings
 from services.data.archive import ArchiveLimits, unpack
 from services.data.multipart import Received
@@ -110,11 +112,12 @@ class _Stored:
 
 # --- the whole registration ------------------------------------------------------------------
 def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id: int, received: Received,
-                  workdir: Path, limits: IngestLimits, *, idempotency_key: str | None = None) -> Registration:
+                  workdir: Path, limits: IngestLimits, *, idempotency_key: str | None = None,
+                  actor: Caller | None = None) -> Registration:
     """Validate ``received`` (a ``spec`` text and files ``images`` + ``masks`` or one ``archive``),
-    store it and record a queued task of the model ``model_id``. Raises UploadRejected naming
-    what is wrong (file, field), ModelNotFound, or RegistrationConflict when the model's state
-    forbids it."""
+    store it and record a queued task of the model ``model_id``, with its audit event naming
+    ``actor`` (None: the service). Raises UploadRejected naming what is wrong (file, field),
+    ModelNotFound, or RegistrationConflict when the model's state forbids it."""
     if idempotency_key is not None:
         with session_scope(sessions) as session:
             earlier = replay(session, model_by_id(session, model_id), idempotency_key, received.sha256)
@@ -130,7 +133,7 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id:
     try:
         stored = _store_all(store, items, keys)
         with session_scope(sessions) as session:
-            _record(session, model_id, task_id, spec, stored, idempotency_key, received.sha256)
+            _record(session, model_id, task_id, spec, stored, idempotency_key, received.sha256, actor)
         return Registration(task_id, created=True)
     except _Replayed as race:  # a concurrent request with the same key committed first
         _clean_up(store, model_id, task_id)
@@ -306,8 +309,8 @@ def next_class_indices(session: Session, model_id: int, count: int) -> list[int]
 
 
 def _record(session: Session, model_id: int, task_id: str, spec: TaskSpec, stored: Sequence[_Stored],
-            idempotency_key: str | None, request_sha256: str) -> Task:
-    """The task, its classes and its items, in the caller's transaction."""
+            idempotency_key: str | None, request_sha256: str, actor: Caller | None = None) -> Task:
+    """The task, its classes, its items and its audit event, in the caller's transaction."""
     _lock_registrations(session)
     model = model_by_id(session, model_id, for_update=True)  # a deletion of the model waits, or went first
     if idempotency_key is not None:
@@ -328,6 +331,8 @@ def _record(session: Session, model_id: int, task_id: str, spec: TaskSpec, store
                     for name, index in assigned.items())
     val = validation_stems([s.item.stem for s in stored], task_id, spec.val_fraction)
     session.add_all(_item_row(task_id, s, Split.VAL if s.item.stem in val else Split.TRAIN) for s in stored)
+    audit.record(session, actor, audit.Action.TASK_CREATE, model=model, target=f"task {task_id}",
+                 detail={"classes": list(spec.classes), "method": resolved.method, "items": len(stored)})
     session.flush()
     return task
 
