@@ -4,6 +4,7 @@ filesystem store is valid on S3 and cannot escape the store's root."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from services.storage.errors import InvalidKey
 
@@ -102,3 +103,34 @@ def checkpoint_key(model_id: int, version: int, sha256: str) -> str:
 def training_state_key(model_id: int, task_id: str) -> str:
     """A running task's newest epoch checkpoint, so another machine can resume it."""
     return validate_key(f"{model_prefix(model_id)}training/{task_id}/last.pt")
+
+
+# --- reading a key back: which model, task or version an object belongs to -----------------------
+# For reports about objects no row names (``strata verify``): the layout above, read in reverse,
+# legacy keys included. Only this module knows the layout, so the parsing lives beside the builders.
+_OWNER = re.compile(
+    r"(?:models/(?P<model_id>[0-9]+)/)?"
+    r"(?:(?P<kind>datasets|training)/(?P<task_id>[^/]+)/|checkpoints/(?P<version>[0-9]+)/)"
+)
+_KINDS = {"datasets": "dataset", "training": "training state", None: "checkpoint"}
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    """What a key of the layout above belongs to; every field is None where the key does not say."""
+
+    kind: str | None = None  # "dataset", "checkpoint" or "training state"
+    model_id: int | None = None
+    task_id: str | None = None
+    version: int | None = None
+
+
+def key_owner(key: str) -> KeyOwner:
+    """The model, task or version a key names, or an empty KeyOwner for a key Strata never builds."""
+    found = _OWNER.match(key)
+    if found is None:
+        model = re.match(r"models/([0-9]+)/", key)
+        return KeyOwner(model_id=int(model[1]) if model else None)
+    model_id, version = found["model_id"], found["version"]
+    return KeyOwner(_KINDS[found["kind"]], int(model_id) if model_id else None, found["task_id"],
+                    int(version) if version else None)
