@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,7 +11,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.limits import UploadLimitMiddleware
 from api.metrics import install_metrics
-from api.routes import aliases, classes, compare, health, keys, models, samples, segment, tasks, versions, workers
+from api.routes import aliases, audit, classes, compare, health, keys, models, samples, segment, tasks, versions, workers
 from api.routes.dashboard import install_dashboard
 from api.state import AppState
 from services.config import Settings, get_settings
@@ -33,6 +34,8 @@ TAGS = [
                                        "rolls back."},
     {"name": "classes", "description": "A model's classes: mask values, names and display colours."},
     {"name": "inference", "description": "Segment an image with a model's production version or any other."},
+    {"name": "audit", "description": "Who (which API key) created, changed, promoted, rolled back, cancelled, "
+                                     "revoked or deleted what, and when. Admin keys for every model."},
 ]
 
 
@@ -43,9 +46,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.strata = AppState.open(settings, on_inference_batch=app.state.metrics.observe_inference_batch)
         await app.state.strata.inference.start()  # loads the production model in the background
+        relay = asyncio.create_task(app.state.strata.queue.relay_forever(app.state.strata.sessions))
         try:
             yield
         finally:
+            relay.cancel()
             await app.state.strata.inference.stop()
             app.state.strata.close()
 
@@ -62,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(workers.router)
     install_metrics(app)  # GET /metrics and the request-latency middleware
     app.include_router(keys.router)
+    app.include_router(audit.router)
     app.include_router(models.router)
     app.include_router(tasks.model_router)
     app.include_router(versions.router)

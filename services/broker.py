@@ -11,10 +11,23 @@ from pathlib import Path
 from typing import Any
 
 from services.config import Settings
+from services.errors import Unavailable
 
 TRAIN_TASK = "strata.train"  # args: [task_id]; trains the task's version
 PING_TASK = "strata.ping"  # args: [token]; the worker records the token in its heartbeat row
 TASK_NAMESPACE = "strata.*"  # every task above, routed to the training queue
+
+
+class BrokerUnavailable(Unavailable):
+    """The broker did not take a message (down, unreachable, or its folder not writable)."""
+
+    dependency = "broker"
+
+
+# How hard a sender tries before giving up (kombu's retry_policy): about 1 s in all, so a request
+# that sends is answered 503 quickly when the broker is down; the outbox re-sends what is owed.
+CONNECT_TIMEOUT_S = 2.0
+SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 0.5}
 
 
 def uses_filesystem(settings: Settings) -> bool:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # Redis redelivers an unacknowledged task after this many seconds, so it must exceed the
     # longest training run (tasks are acknowledged late, when they finish).
     broker_visibility_timeout_s: int = Field(12 * 3600, ge=60)
+    outbox_relay_s: float = Field(5.0, gt=0, le=3600, description=(
+        "Seconds between passes of the outbox relay (API and workers): training messages that could "
+        "not be sent, e.g. while the broker was down, are sent this long after it is back."))
 
     s3_endpoint: str | None = Field(None, description="http(s)://host:port of MinIO/S3; unset = local files.")
     s3_access_key: str | None = None

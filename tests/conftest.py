@@ -8,9 +8,11 @@ Outside CI a missing server skips its tests; with CI=true it fails them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +82,52 @@ def redis_url() -> str:
     if not port_open(REDIS_HOST, REDIS_PORT):
         server_missing(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+
+
+# --- servers of a test's own, for fault tests that stop them -------------------------------
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator:
+    """A Redis of this test's own on a spare port (tests.servers.RedisServer): stop and start it freely."""
+    from tests.servers import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def _own_postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    from tests.servers import PostgresServer
+
+    server = PostgresServer(tmp_path_factory.mktemp("own-postgres"))
+    try:
+        server.init()
+    except (OSError, subprocess.CalledProcessError) as err:
+        server_missing(f"a PostgreSQL cluster of the test's own ({err})")
+    yield server
+    with contextlib.suppress(Exception):
+        server.stop()
+
+
+@pytest.fixture
+def own_postgres(_own_postgres_cluster):
+    """A PostgreSQL of the test session's own on a spare port, running when the test starts (a test
+    may stop it; it is started again afterwards), its ``strata`` database's schema emptied."""
+    import psycopg
+
+    from tests.servers import wait_for_port
+
+    server = _own_postgres_cluster
+    if not port_open("127.0.0.1", server.port):
+        server.start()
+    wait_for_port(server.port, up=True)
+    with psycopg.connect(server.url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    yield server
+    if not port_open("127.0.0.1", server.port):
+        server.start()
 
 
 # --- S3 (moto) ---------------------------------------------------------------------------

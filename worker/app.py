@@ -13,6 +13,7 @@ from celery import Celery
 
 from services import broker
 from services.config import Settings, get_settings
+from worker.relay import OutboxRelay
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -34,6 +35,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
+    app.steps["worker"].add(OutboxRelay)  # re-sends owed messages while the worker lives
     return app
 
 

@@ -22,11 +22,15 @@ from starlette.requests import ClientDisconnect
 from api.deps import AdminDep, AdminModelDep, ReaderDep, ReadModelDep, SessionDep, StateDep, check_model_access
 from api.schemas.tasks import TaskPublic, upload_openapi
 from api.state import AppState
+from services import audit
 from services.auth import Caller
 from services.data.multipart import MultipartSpool, Received
+from services.db.errors import CONNECTION_ERRORS
 from services.db.models import Model, TaskStatus
 from services.db.session import session_scope
+from services.errors import Unavailable
 from services.jobs.lifecycle import get_task, request_cancel
+from services.jobs.outbox import dispatch
 from services.jobs.registration import IngestLimits, Registration, register_task
 from services.jobs.views import TaskView, list_task_views, task_view
 
@@ -56,6 +60,7 @@ async def create_task(
     response: Response,
     state: StateDep,
     model: AdminModelDep,
+    caller: AdminDep,
     idempotency_key: Annotated[str | None, Header(
         max_length=200, description="Retrying with the same key and body returns the same task.")] = None,
 ) -> TaskView:
@@ -66,7 +71,7 @@ async def create_task(
     try:
         received = await _receive(request, workdir)
         registration, view = await run_in_threadpool(_register, state, model.id, received, workdir,
-                                                     idempotency_key)
+                                                     idempotency_key, caller)
     finally:
         await run_in_threadpool(shutil.rmtree, workdir, True)
     response.headers["Location"] = f"/tasks/{view.id}"
@@ -101,9 +106,9 @@ async def _receive(request: Request, workdir: Path) -> Received:
 
 
 def _register(state: AppState, model_id: int, received: Received, workdir: Path,
-              key: str | None) -> tuple[Registration, TaskView]:
+              key: str | None, caller: Caller) -> tuple[Registration, TaskView]:
     registration = register_task(state.sessions, state.store, model_id, received, workdir,
-                                 IngestLimits.from_settings(state.settings), idempotency_key=key)
+                                 IngestLimits.from_settings(state.settings), idempotency_key=key, actor=caller)
     if registration.created:
         _enqueue(state, registration.task_id)
     with state.sessions() as session:
@@ -111,11 +116,12 @@ def _register(state: AppState, model_id: int, received: Received, workdir: Path,
 
 
 def _enqueue(state: AppState, task_id: str) -> None:
+    """Send the task's owed message now; if the broker is down it stays owed and the outbox relay
+    sends it once the broker is back (the task is accepted either way: it is committed)."""
     try:
-        state.queue.send_training(task_id)
-    except Exception:  # the task is committed: a worker's start-up sweep re-sends unfinished tasks
-        log.exception("task %s is registered but could not be sent to the broker; "
-                      "it will be picked up when a worker (re)starts", task_id)
+        dispatch(state.sessions, state.queue.send_training, [task_id])
+    except (Unavailable, *CONNECTION_ERRORS) as err:
+        log.warning("task %s is registered; its message is owed and will be relayed: %s", task_id, err)
 
 
 StatusQuery = Annotated[TaskStatus | None, Query(alias="status", description="Only tasks in this state.")]
@@ -137,9 +143,11 @@ def read_tasks(session: SessionDep, caller: ReaderDep, status_: StatusQuery = No
     return list_task_views(session, status_.value if status_ else None, limit, model_ids=caller.model_ids)
 
 
-def _checked_task(session, caller: Caller, task_id: str) -> None:
-    """404 for no such task, 403 when it belongs to a model the key may not use."""
-    check_model_access(caller, session.get(Model, get_task(session, task_id).model_id))
+def _checked_task(session, caller: Caller, task_id: str) -> Model:
+    """The task's model; 404 for no such task, 403 when it belongs to a model the key may not use."""
+    model = session.get(Model, get_task(session, task_id).model_id)
+    check_model_access(caller, model)
+    return model
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses={404: {"description": "no such task"}})
@@ -160,8 +168,10 @@ def read_task(task_id: TaskId, session: SessionDep, caller: ReaderDep) -> TaskVi
 )
 def cancel(task_id: TaskId, response: Response, state: StateDep, caller: AdminDep) -> TaskView:
     with session_scope(state.sessions) as session:
-        _checked_task(session, caller, task_id)
+        model = _checked_task(session, caller, task_id)
         cancelled_now = request_cancel(session, task_id)
+        audit.record(session, caller, audit.Action.TASK_CANCEL, model=model, target=f"task {task_id}",
+                     detail={"was": (TaskStatus.QUEUED if cancelled_now else TaskStatus.RUNNING).value})
     response.status_code = status.HTTP_200_OK if cancelled_now else status.HTTP_202_ACCEPTED
     with state.sessions() as session:
         return task_view(session, task_id)
