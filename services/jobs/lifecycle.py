@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from services.db.base import utcnow
 from services.db.models import SemanticClass, Task, TaskStatus
 from services.jobs.errors import TaskFinished, TaskNotFound
+from services.jobs.failures import public_error
 from services.jobs.spec import ResolvedSpec
 
 FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
@@ -55,8 +56,9 @@ def succeed(task: Task) -> None:
 
 
 def fail(session: Session, task: Task, error: str) -> None:
+    """The attempt failed; ``error`` is kept as API clients will read it (failures.public_error)."""
     task.status = TaskStatus.FAILED
-    task.error = error[:MAX_ERROR_CHARS]
+    task.error = public_error(error)[:MAX_ERROR_CHARS]
     task.finished_at = utcnow()
     _release_classes(session, task)
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.db.models import DatasetItem, Model, Split, Task, TaskStatus
 from services.errors import InvalidInput
+from services.jobs.failures import public_error
 from services.jobs.history import history_points
 from services.jobs.lifecycle import get_task
 from services.jobs.spec import ResolvedSpec
@@ -97,7 +98,9 @@ def view_of(task: Task, counts: Mapping[str, int] | None, model_name: str) -> Ta
         id=task.id, model=model_name, status=task.status, classes=dict(spec.assigned_classes),
         also_labelled=list(spec.also_labelled), method=spec.method, architecture=spec.architecture,
         progress=progress_view(task.progress, spec.batch_size, task.updated_at, running=running),
-        error=task.error, model_version=task.model_version, parent_version=task.parent_version,
+        # Cleaned again: rows written before failures.py existed, or by a worker of an older release.
+        error=public_error(task.error) if task.error else None,
+        model_version=task.model_version, parent_version=task.parent_version,
         cancel_requested=task.cancel_requested, attempts=task.attempts, created_at=task.created_at, started_at=task.started_at,
         finished_at=task.finished_at, items={s.value: 0 for s in Split} | dict(counts or {}),
     )

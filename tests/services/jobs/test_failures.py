@@ -1,0 +1,78 @@
+"""A failed task's error as API clients read it: type and message, no traceback, no worker paths; the
+traceback goes to the worker's log."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from sqlalchemy import select
+
+from services.db.models import DatasetItem
+from services.db.session import make_engine, make_session_factory
+from services.jobs.context import JobContext
+from services.jobs.failures import public_error
+from services.jobs.views import task_view
+from services.registry.models import create_model
+from services.storage import open_store
+from tests.services.jobs.test_registration import register
+
+
+def test_an_absolute_path_is_cut_to_its_file_name(tmp_path):
+    missing = tmp_path / "cache" / "train" / "abc" / "last.pt"
+    try:
+        open(missing, "rb")
+    except FileNotFoundError as err:
+        message = f"{type(err).__name__}: {err}"
+    assert str(tmp_path) in message
+    assert public_error(message) == "FileNotFoundError: [Errno 2] No such file or directory: 'last.pt'"
+    assert public_error("FilesystemStore('/srv/strata/var/objects') at /srv/x.py:12") == (
+        "FilesystemStore('objects') at x.py:12")
+
+
+def test_keys_urls_and_relative_paths_are_kept():
+    message = ("no object 'models/3/datasets/ab/images/x.jpg' in S3Store('http://minio:9000', 'strata'); "
+               "see ./var/cache/x and var/uploads/y, 3/4 done")
+    assert public_error(message) == message
+
+
+def test_a_traceback_inside_a_message_is_dropped_and_its_error_kept():
+    """A DataLoader worker's error carries its child's whole traceback in the message."""
+    def load():
+        raise ValueError("mask value 7 is not a class of this task")
+
+    try:
+        try:
+            load()
+        except ValueError:
+            raise KeyError("img01") from None
+    except KeyError:
+        child = traceback.format_exc()
+    message = f"ValueError: Caught ValueError in DataLoader worker process 0.\nOriginal {child}"
+    assert 'File "' in message
+    assert public_error(message) == (
+        "ValueError: Caught ValueError in DataLoader worker process 0.\nKeyError: 'img01'")
+
+
+def test_a_failed_task_shows_no_worker_path_and_the_log_keeps_the_traceback(prepared, tmp_path, caplog):
+    from services.jobs.run import run_training_task  # imports torch: only this test pays for it
+
+    engine = make_engine(prepared)
+    try:
+        sessions = make_session_factory(engine)
+        store = open_store(prepared)
+        with sessions.begin() as s:
+            create_model(s, "m")
+        task_id = register((prepared, sessions, store), tmp_path, {"classes": ["cat"], "epochs": 1}, n=3).task_id
+        with sessions() as s:
+            store.delete(s.scalars(select(DatasetItem.image_key).where(DatasetItem.task_id == task_id)).first())
+        ctx = JobContext(prepared, sessions, store, "test-worker")
+        with caplog.at_level(logging.ERROR, logger="services.jobs.run"):
+            assert run_training_task(ctx, task_id).startswith(f"task {task_id} failed")
+        with sessions() as s:
+            view = task_view(s, task_id)
+    finally:
+        engine.dispose()
+    assert view.status == "failed" and view.error.startswith("ObjectNotFound: no object 'models/")
+    assert str(prepared.data_dir) not in view.error and str(tmp_path) not in view.error
+    assert "Traceback" in caplog.text and "ObjectNotFound" in caplog.text
