@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.access_log import install_access_log_redaction
 from api.errors import install_error_handlers
 from api.limits import UploadLimitMiddleware
 from api.metrics import install_metrics
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=TAGS,
     )
     install_error_handlers(app)
+    install_access_log_redaction()  # no key sent in a URL reaches uvicorn's access log
     app.include_router(health.router)
     app.include_router(workers.router)
     install_metrics(app)  # GET /metrics and the request-latency middleware
