@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
@@ -10,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.state import AppState
-from services.auth import ADMIN, INFER, READ_SCOPES, Caller, authenticate
+from services.auth import ADMIN, INFER, READ_SCOPES, Caller, authenticate, hash_key
 from services.config import Settings
 from services.db.models import Model
 from services.db.session import session_scope
@@ -61,6 +62,7 @@ def _bearer_token(request: Request) -> str:
     return token.strip()
 
 
+@cache  # one function per scope set: FastAPI then checks the key once per request, however many deps ask
 def require_scopes(*any_of: str, every_model: bool = False):
     """A dependency admitting a valid, unrevoked key that has at least one of ``any_of`` (and, with
     ``every_model``, is not limited to some models)."""
@@ -69,10 +71,7 @@ def require_scopes(*any_of: str, every_model: bool = False):
     def dependency(request: Request, state: StateDep,
                    _doc: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
         token = _bearer_token(request)
-        # A session of its own, committed at once: last_used_at is written at most once a minute.
-        with session_scope(state.sessions) as session:
-            key = authenticate(session, token)
-            caller = Caller.of(key) if key is not None else None
+        caller = state.callers.fetch(hash_key(token), lambda: _verify(state, token))
         if caller is None:
             raise _unauthorized("invalid or revoked API key")
         if not caller.has_any(any_of):
@@ -82,6 +81,13 @@ def require_scopes(*any_of: str, every_model: bool = False):
         return caller
 
     return dependency
+
+
+def _verify(state: AppState, token: str) -> Caller | None:
+    # A session of its own, committed at once: last_used_at is written at most once a minute.
+    with session_scope(state.sessions) as session:
+        key = authenticate(session, token)
+        return Caller.of(key) if key is not None else None
 
 
 def check_model_access(caller: Caller, model: Model) -> None:
@@ -106,18 +112,22 @@ def model_for(*any_of: str):
     scoped = Depends(require_scopes(*any_of))
 
     def dependency(name: ModelName, state: StateDep, caller: Caller = scoped) -> Model:
-        with state.sessions() as session:
-            try:
-                model = get_model(session, name)
-            except ModelNotFound:
-                if caller.model_ids is None:
-                    raise
-                # The usual message lists the models that exist: not for a key limited to some.
-                raise ModelNotFound(f"no model named {name!r} among those {caller.label} may use") from None
+        try:
+            model = state.models.fetch(name, lambda: _read_model(state, name))
+        except ModelNotFound:
+            if caller.model_ids is None:
+                raise
+            # The usual message lists the models that exist: not for a key limited to some.
+            raise ModelNotFound(f"no model named {name!r} among those {caller.label} may use") from None
         check_model_access(caller, model)
         return model
 
     return dependency
+
+
+def _read_model(state: AppState, name: str) -> Model:
+    with state.sessions() as session:
+        return get_model(session, name)
 
 
 ReadModelDep = Annotated[Model, Depends(model_for(*READ_SCOPES))]

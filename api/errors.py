@@ -9,10 +9,13 @@ says only that (the traceback goes to the server's log, as Starlette always re-r
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from services.db.errors import CONNECTION_ERRORS, DatabaseUnavailable
 from services.errors import (
     Conflict,
     InvalidInput,
@@ -22,6 +25,9 @@ from services.errors import (
     Unavailable,
     describe_validation_errors,
 )
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = 5  # what a 503 tells a client to wait: outages of our dependencies heal by themselves
 
 # Most specific first: TooLarge is an InvalidInput.
 STATUS_OF: tuple[tuple[type[StrataError], int], ...] = (
@@ -43,7 +49,27 @@ def error_response(code: int, detail: str) -> JSONResponse:
 
 
 async def _domain_error(request: Request, err: StrataError) -> JSONResponse:
+    if isinstance(err, Unavailable):
+        return _unavailable(err)
     return error_response(status_of(err), str(err))
+
+
+def _unavailable(err: Unavailable) -> JSONResponse:
+    """503 with Retry-After. A dependency's failure names the dependency only: where it lives
+    (host, port, bucket) and the driver's words go to the log, not to whoever called."""
+    if err.dependency is None:  # e.g. a model version that cannot be loaded: the message is the answer
+        detail = str(err)
+    else:
+        log.warning("%s unavailable: %s", err.dependency, err)
+        detail = f"{err.dependency} unavailable: retry in a few seconds"
+    response = error_response(status.HTTP_503_SERVICE_UNAVAILABLE, detail)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
+async def _database_down(request: Request, err: Exception) -> JSONResponse:
+    """The driver's own connection errors, wherever a route met them (mid-request included)."""
+    return _unavailable(DatabaseUnavailable(f"{type(err).__name__}: {err}"))
 
 
 async def _invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -60,4 +86,6 @@ def install_error_handlers(app: FastAPI) -> None:
     for kind, _code in STATUS_OF:
         app.add_exception_handler(kind, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    for kind in CONNECTION_ERRORS:
+        app.add_exception_handler(kind, _database_down)
     app.add_exception_handler(Exception, _server_fault)

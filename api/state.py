@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
 from api.queue import TaskQueue
+from services.auth import Caller
 from services.config import Settings
+from services.db.last_known import LastKnown
+from services.db.models import Model
 from services.db.session import make_engine, make_session_factory
 from services.inference.service import InferenceService
 from services.storage import ObjectStore, open_store
@@ -24,6 +27,9 @@ class AppState:
     store: ObjectStore
     queue: TaskQueue
     inference: InferenceService
+    # Stand-ins while the database is unreachable (stale-if-error): key hash -> caller, name -> model.
+    callers: LastKnown[str, Caller] = field(default_factory=lambda: LastKnown(0))
+    models: LastKnown[str, Model] = field(default_factory=lambda: LastKnown(0))
 
     @classmethod
     def open(cls, settings: Settings, on_inference_batch: Callable[[str, int], Any] | None = None) -> "AppState":
@@ -38,6 +44,8 @@ class AppState:
             store=store,
             queue=TaskQueue(settings),
             inference=InferenceService(settings, sessions, store, on_batch=on_inference_batch),
+            callers=LastKnown(settings.stale_if_error_s),
+            models=LastKnown(settings.stale_if_error_s),
         )
 
     def close(self) -> None:

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(50 * 1024**2, ge=1024, description="Largest POST /segment body (413 past it).")
     max_archive_ratio: int = Field(200, ge=1, description="Zip bombs: largest decompressed/compressed ratio.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image accepted (width x height).")
+    stale_if_error_s: float = Field(300.0, ge=0, le=86400, description=(
+        "While the database cannot be reached, API keys and models read within this many seconds still "
+        "work from memory, so serving survives a database blip (0: off; a 503 at once)."))
     admin_key: str | None = Field(None, description="Embedded mode: the admin API key (generated if unset).")
     infer_key: str | None = Field(None, description="Embedded mode: the inference API key (generated if unset).")
 

@@ -41,7 +41,13 @@ class TooLarge(InvalidInput):
 
 class Unavailable(StrataError):
     """A dependency (database, object store, broker, a model) cannot serve now (HTTP 503);
-    the same request may succeed later."""
+    the same request may succeed later.
+
+    ``dependency`` names the server that failed ("database", "object store", "broker"); an
+    interface shows a caller that name only, never where the server lives (the message, which
+    may hold a host or a bucket, goes to the log)."""
+
+    dependency: str | None = None
 
 
 def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:

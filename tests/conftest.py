@@ -8,7 +8,6 @@ Outside CI a missing server skips its tests; with CI=true it fails them.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -97,17 +96,17 @@ def own_redis(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture(scope="session")
-def _own_postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def _own_postgres_cluster() -> Iterator:
     from tests.servers import PostgresServer
 
-    server = PostgresServer(tmp_path_factory.mktemp("own-postgres"))
+    server = PostgresServer()
     try:
         server.init()
     except (OSError, subprocess.CalledProcessError) as err:
+        server.remove()
         server_missing(f"a PostgreSQL cluster of the test's own ({err})")
     yield server
-    with contextlib.suppress(Exception):
-        server.stop()
+    server.remove()
 
 
 @pytest.fixture

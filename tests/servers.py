@@ -3,11 +3,13 @@ ports, so stopping them never disturbs the shared servers other tests (and CI) u
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,9 +74,11 @@ class PostgresServer:
 
     As root the server runs as the ``postgres`` user (PostgreSQL refuses to run as root)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self) -> None:
         self.port = free_port()
-        self.datadir = workdir / "pgdata"
+        # Not under pytest's tmp_path: as root that is mode 0700, and the server runs as postgres.
+        self.workdir = Path(tempfile.mkdtemp(prefix="strata-test-pg-"))
+        self.datadir = self.workdir / "pgdata"
         self.as_user: list[str] = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     @property
@@ -84,7 +88,7 @@ class PostgresServer:
     def init(self) -> None:
         self.datadir.mkdir(parents=True)
         if self.as_user:
-            shutil.chown(self.datadir.parent, "postgres")
+            shutil.chown(self.workdir, "postgres")
             shutil.chown(self.datadir, "postgres")
         self._run(_pg_bin("initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "--no-sync")
         self.start()
@@ -94,6 +98,11 @@ class PostgresServer:
         options = f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run(_pg_bin("pg_ctl"), "-D", str(self.datadir), "-o", options, "-l", str(self.datadir / "log"),
                   "-w", "start")
+
+    def remove(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def stop(self) -> None:
         # immediate: like a crash, open connections are cut without goodbye

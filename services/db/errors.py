@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from services.errors import StrataError, Unavailable
 
 DATABASE_URL_VAR = "STRATA_DATABASE_URL"
+# What SQLAlchemy raises when the server is down, restarting or unreachable, mid-request included
+# (the pool's pre-ping replaces a dead connection once the server is back, so these heal by themselves).
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
 class DatabaseError(StrataError):
@@ -16,9 +20,13 @@ class DatabaseError(StrataError):
 class DatabaseUnavailable(DatabaseError, Unavailable):
     """The database cannot be reached (wrong host, port, credentials or name)."""
 
+    dependency = "database"
+
 
 class SchemaNotAtHead(DatabaseError, Unavailable):
     """The schema is missing or at another revision than this code's migration head."""
+
+    dependency = "database"
 
 
 def display_url(url: str) -> str:

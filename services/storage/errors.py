@@ -22,6 +22,8 @@ class InvalidKey(StorageError, InvalidInput):
 class StorageUnavailable(StorageError, Unavailable):
     """The store cannot be reached or is not set up (no bucket, no root directory)."""
 
+    dependency = "object store"
+
 
 class IntegrityError(StorageError):
     """Bytes do not match what was declared or stored: a length or sha256 mismatch."""
