@@ -53,6 +53,7 @@ from services.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 NO_MODEL_YET = "no version has been trained yet"
+REGISTRY_UNREADABLE = "cannot read the production aliases"
 STARTUP_READ_TIMEOUT_S = 10.0  # an unreachable database must not hold up the API's start
 ACQUIRE_ATTEMPTS = 3  # a freshly loaded version can be evicted before its request leases it
 Key = tuple[int, int]  # (model id, version)
@@ -192,24 +193,27 @@ class InferenceService:
         finally:
             self._release(served)
 
-    def ready(self) -> tuple[bool, str, dict[str, str]]:
+    def ready(self, *, detail: bool = True) -> tuple[bool, str, dict[str, str]]:
         """(ready, in a sentence, each model's production state by name).
 
         Not ready while the registry cannot be read at all, or while a model's production version
         exists, fits the budget, and no version of that model serves by default yet (loading, or
-        failing to load). A model with no version, or none in production, is ready and says so."""
+        failing to load). A model with no version, or none in production, is ready and says so.
+        Without ``detail`` no sentence says why something fails: error texts may name servers and
+        paths (the unauthenticated /readyz)."""
         with self._lock:
             view = self._view
             serving = {m: s.version for m, s in self._production.items()}
             failures = dict(self._failed)
             loading = set(self._loading)
         if view is None:
-            return False, self._registry_error or "looking up the production models in the registry", {}
+            error = self._registry_error if detail else self._registry_error and REGISTRY_UNREADABLE
+            return False, error or "looking up the production models in the registry", {}
         notes: dict[str, str] = {}
         waiting: list[str] = []
         fits = len(serving) < self._budget  # another production version would be loaded
         for m in sorted(view.models.values(), key=lambda m: m.name):
-            note, ok = self._model_state(m, serving.get(m.model_id), failures, loading, fits)
+            note, ok = self._model_state(m, serving.get(m.model_id), failures, loading, fits, detail)
             notes[m.name] = note
             if not ok:
                 waiting.append(m.name)
@@ -220,7 +224,7 @@ class InferenceService:
         return True, f"{len(serving)} of {len(view.models)} model(s) loaded", notes
 
     def _model_state(self, m: ModelView, serving: int | None, failures: dict[Key, tuple[float, str]],
-                     loading: set[Key], fits: bool) -> tuple[str, bool]:
+                     loading: set[Key], fits: bool, detail: bool) -> tuple[str, bool]:
         if m.production is None:
             if not m.has_versions:
                 return f"{NO_MODEL_YET}: segmenting answers 409 until a task produces one", True
@@ -229,11 +233,14 @@ class InferenceService:
             return f"serving production version {serving}", True
         failure = failures.get((m.model_id, m.production))
         problem = m.problem or (failure[1] if failure else None)
+        if problem and not detail:  # its text may name servers and paths
+            problem = "it cannot be loaded"
         if serving is not None:
             return (f"serving version {serving} while production moves to {m.production}: "
                     f"{problem or 'loading'}"), True
         if problem:
-            return f"production version {m.production} cannot be loaded: {problem}", False
+            why = f": {problem}" if detail else ""
+            return f"production version {m.production} cannot be loaded{why}", False
         if (m.model_id, m.production) in loading or fits:
             return f"loading production version {m.production}", False
         return (f"production version {m.production} is not loaded (STRATA_INFERENCE_MAX_LOADED={self._budget} "
@@ -520,7 +527,7 @@ class InferenceService:
 
 
 def _registry_problem(err: Exception) -> str:
-    return f"cannot read the production aliases: {type(err).__name__}: {err or 'timed out'}"[:500]
+    return f"{REGISTRY_UNREADABLE}: {type(err).__name__}: {err or 'timed out'}"[:500]
 
 
 async def _wait(future: Future) -> Served:
