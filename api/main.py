@@ -8,11 +8,26 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api import housekeeping
 from api.access_log import install_access_log_redaction
 from api.errors import install_error_handlers
 from api.limits import UploadLimitMiddleware
 from api.metrics import install_metrics
-from api.routes import aliases, audit, classes, compare, health, keys, models, samples, segment, tasks, versions, workers
+from api.openapi import install_openapi
+from api.routes import (
+    aliases,
+    audit,
+    classes,
+    compare,
+    health,
+    keys,
+    models,
+    samples,
+    segment,
+    tasks,
+    versions,
+    workers,
+)
 from api.routes.dashboard import install_dashboard
 from api.state import AppState
 from services.config import Settings, get_settings
@@ -47,11 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.strata = AppState.open(settings, on_inference_batch=app.state.metrics.observe_inference_batch)
         await app.state.strata.inference.start()  # loads the production model in the background
-        relay = asyncio.create_task(app.state.strata.queue.relay_forever(app.state.strata.sessions))
+        chores = asyncio.create_task(housekeeping.run_forever(app.state.strata))  # outbox relay, failed uploads
         try:
             yield
         finally:
-            relay.cancel()
+            chores.cancel()
             await app.state.strata.inference.stop()
             app.state.strata.close()
 
@@ -81,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(segment.router)
     app.include_router(tasks.router)
     install_dashboard(app)  # GET /dashboard and its static files
+    install_openapi(app)  # the shared responses (401, 403, 413, 503) and the one error shape in /openapi.json
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_image_bytes,
                        setting="STRATA_MAX_IMAGE_BYTES", paths=("/models/*/segment",))

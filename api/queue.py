@@ -1,21 +1,12 @@
 """The API's side of the broker: a small client that sends tasks to the workers, built from the
-API's own Settings (it never imports the workers' code), and the API's outbox relay."""
+API's own Settings (it never imports the workers' code)."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 from celery import Celery
-from sqlalchemy.orm import Session, sessionmaker
 
 from services import broker
 from services.config import Settings
-from services.db.errors import CONNECTION_ERRORS
-from services.errors import Unavailable
-from services.jobs import outbox
-
-log = logging.getLogger(__name__)
 
 
 class TaskQueue:
@@ -51,19 +42,3 @@ class TaskQueue:
         if broker.uses_filesystem(self.settings):
             queue_dir, _ = broker.filesystem_dirs(self.settings)
             (queue_dir / ".probe").write_text("ok")  # the folder must be writable to enqueue
-
-    async def relay_forever(self, sessions: sessionmaker[Session]) -> None:
-        """Send owed training messages every ``outbox_relay_s`` (the workers run the same relay):
-        a task accepted while the broker was down leaves as soon as it is back."""
-        problem = None
-        while True:
-            await asyncio.sleep(self.settings.outbox_relay_s)
-            try:
-                await asyncio.to_thread(outbox.relay, sessions, self.send_training)
-                problem = None
-            except (Unavailable, *CONNECTION_ERRORS) as err:  # still down: say so once per distinct problem, not every pass
-                if str(err) != problem:
-                    log.warning("outbox relay: %s", err)
-                problem = str(err)
-            except Exception:
-                log.exception("outbox relay failed")

@@ -319,3 +319,18 @@ class AuditEvent(Base):
     model_name: Mapped[str | None] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(String(128))  # "task 3f2a...", "version 3", "key 7"
     detail: Mapped[dict[str, Any]]  # e.g. {"from": 2, "to": 3} for a move of production
+
+
+class StagedUpload(Base):
+    """Dataset objects a registration stored before its rows exist (services/jobs/staging.py).
+
+    Deleted with the task's rows when the registration commits, or once its objects are deleted
+    when it failed; a row left over names objects that the janitor deletes."""
+
+    __tablename__ = "staged_uploads"
+
+    prefix: Mapped[str] = mapped_column(String(512), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))  # "host:pid" of the process storing them
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when its cleanup failed (the store was down): the janitor may take it at once.
+    abandoned_at: Mapped[datetime | None]

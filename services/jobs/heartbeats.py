@@ -73,16 +73,23 @@ def find_ping(session: Session, token: str) -> WorkerHeartbeat:
 
 def is_alive(row: WorkerHeartbeat) -> bool:
     """A worker on this machine is alive iff its process is; elsewhere, iff it reported lately."""
-    host, _, pid = row.hostname.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True  # exists, under another user
-        return True
-    return utcnow() - row.last_seen < STALE_AFTER
+    alive = local_process_alive(row.hostname)
+    return alive if alive is not None else utcnow() - row.last_seen < STALE_AFTER
+
+
+def local_process_alive(name: str) -> bool | None:
+    """Whether the process ``name`` (``worker_name()``'s "host:pid") lives; None when it ran on
+    another machine, where this one cannot tell."""
+    host, _, pid = name.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, under another user
+    return True
 
 
 def holders(session: Session, task_id: str) -> list[WorkerHeartbeat]:

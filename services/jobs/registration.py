@@ -4,7 +4,8 @@ Order: replay check (``Idempotency-Key``), spec, class names against the model's
 file validated (images decoded, masks converted to local index form) -- and only then the bytes are
 stored under ``models/{model_id}/datasets/{task_id}/`` and ONE transaction writes the task, its
 classes and its dataset items. If anything fails after the first byte was stored, the task's prefix is deleted
-and the transaction rolled back: a rejected request leaves no rows and no objects behind.
+and the transaction rolled back: a rejected request leaves no rows and no objects behind (if the store
+died mid-upload, its objects are deleted once it is back: ``staging``).
 
 Queue-free: the caller sends the task to the workers after ``register_task`` returns a created one.
 """
@@ -48,7 +49,7 @@ from services.db.models import (
     new_task_id,
 )
 from services.db.session import session_scope
-from services.jobs import lifecycle
+from services.jobs import lifecycle, staging
 from services.jobs.errors import IdempotencyMismatch, RegistrationConflict
 from services.jobs.spec import ResolvedSpec, TaskSpec, parse_spec
 from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, MAX_CLASS_INDEX
@@ -130,16 +131,19 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id:
                           workdir / "masks")
     task_id = new_task_id()
     keys = [_keys(model_id, task_id, item) for item in items]
+    prefix = dataset_prefix(model_id, task_id)
+    staging.stage(sessions, prefix)  # before the first byte: what fails below is deleted, now or later
     try:
         stored = _store_all(store, items, keys)
         with session_scope(sessions) as session:
             _record(session, model_id, task_id, spec, stored, idempotency_key, received.sha256, actor)
+            staging.unstage(session, prefix)
         return Registration(task_id, created=True)
     except _Replayed as race:  # a concurrent request with the same key committed first
-        _clean_up(store, model_id, task_id)
+        staging.discard(sessions, store, prefix)
         return Registration(race.task_id, created=False)
     except BaseException:
-        _clean_up(store, model_id, task_id)
+        staging.discard(sessions, store, prefix)
         raise
 
 
@@ -153,13 +157,6 @@ def replay(session: Session, model: Model, key: str, request_sha256: str) -> Tas
             f"Idempotency-Key {key!r} was already used for a different request (task {task.id}); "
             "use a new key for a new request")
     return task
-
-
-def _clean_up(store: ObjectStore, model_id: int, task_id: str) -> None:
-    try:
-        store.delete_prefix(dataset_prefix(model_id, task_id))
-    except Exception:  # the original error matters more; the objects are unreferenced either way
-        log.exception("could not delete the objects of rejected task %s", task_id)
 
 
 # --- files ------------------------------------------------------------------------------------

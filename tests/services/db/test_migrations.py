@@ -20,6 +20,7 @@ TABLES = {
     "api_key_models",
     "api_keys",
     "audit_events",
+    "staged_uploads",
     "class_metrics",
     "classes",
     "dataset_items",
