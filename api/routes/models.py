@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import AdminModelDep, GlobalAdminDep, ReaderDep, ReadModelDep, SessionDep, StateDep
+from api.deps import AdminDep, AdminModelDep, GlobalAdminDep, ReaderDep, ReadModelDep, SessionDep, StateDep
 from api.schemas.models import ModelCreate, ModelPublic, ModelUpdate
 from api.state import AppState
+from services import audit
+from services.auth import Caller
 from services.config import Settings
 from services.db.models import Model
 from services.db.session import session_scope
@@ -51,9 +53,11 @@ def _public(session, settings: Settings, row: Model) -> dict:
              responses={409: {"description": "the name is taken"}, 403: {"description": "needs an admin key "
                                                                                        "for every model"}})
 def post_model(body: ModelCreate, response: Response, session: SessionDep, state: StateDep,
-               _: GlobalAdminDep) -> dict:
+               caller: GlobalAdminDep) -> dict:
     """Create an empty model; its first task chooses its architecture."""
     row = create_model(session, body.name, body.description)
+    audit.record(session, caller, audit.Action.MODEL_CREATE, model=row, target=f"model {row.name}",
+                 detail={"description": row.description})
     session.commit()
     state.inference.refresh()  # so /readyz lists it at once
     response.headers["Location"] = f"/models/{row.name}"
@@ -72,10 +76,15 @@ def get_model(model: ReadModelDep, session: SessionDep, state: StateDep) -> dict
 
 
 @router.patch("/{name}", response_model=ModelPublic, responses=NOT_FOUND)
-def patch_model(model: AdminModelDep, body: ModelUpdate, session: SessionDep, state: StateDep) -> dict:
+def patch_model(model: AdminModelDep, body: ModelUpdate, session: SessionDep, state: StateDep,
+                caller: AdminDep) -> dict:
     """Change the description or the model's promotion policy (null: back to the service's setting)."""
     row = session.get(Model, model.id)
+    before = {field: getattr(row, field) for field in body.model_fields_set}
     update_model(session, row, ModelChanges(given=frozenset(body.model_fields_set), **body.model_dump()))
+    after = {field: getattr(row, field) for field in body.model_fields_set}
+    audit.record(session, caller, audit.Action.MODEL_UPDATE, model=row, target=f"model {row.name}",
+                 detail=audit.changes(before, after))
     session.commit()
     return _public(session, state.settings, row)
 
@@ -83,21 +92,24 @@ def patch_model(model: AdminModelDep, body: ModelUpdate, session: SessionDep, st
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses={
     **NOT_FOUND, 409: {"description": "tasks are pending, or it has versions and `confirm` does not repeat its name"}})
 async def remove_model(
-    model: AdminModelDep, state: StateDep,
+    model: AdminModelDep, state: StateDep, caller: AdminDep,
     confirm: Annotated[str | None, Query(max_length=64, description=(
         "Required when the model has versions: its name again. Its versions, checkpoints and datasets go too."))] = None,
 ) -> Response:
     """Delete the model, its versions, tasks, classes and stored objects."""
-    objects = await run_in_threadpool(_delete, state, model.id, confirm)
+    objects = await run_in_threadpool(_delete, state, model.id, confirm, caller)
     state.inference.refresh()  # its loaded versions are dropped at the next look at the registry
     await run_in_threadpool(_delete_objects, state.store, model.id, objects)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _delete(state: AppState, model_id: int, confirm: str | None) -> ModelObjects:
+def _delete(state: AppState, model_id: int, confirm: str | None, caller: Caller) -> ModelObjects:
     with session_scope(state.sessions) as session:
         # The row lock: a registration into this model waits for the deletion, then finds it gone.
-        return delete_model(session, model_by_id(session, model_id, for_update=True), confirm)
+        row = model_by_id(session, model_id, for_update=True)
+        # Added first (the row is gone after), committed with the deletion or rolled back with it.
+        audit.record(session, caller, audit.Action.MODEL_DELETE, model=row, target=f"model {row.name}")
+        return delete_model(session, row, confirm)
 
 
 def _delete_objects(store: ObjectStore, model_id: int, objects: ModelObjects) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from api.deps import ReadModelDep, SessionDep, StateDep
+from api.params import DbInt
 from api.routes.versions import VersionRef
 from api.schemas.versions import SamplePublic
 from services.inference.images import encode_mask_png
@@ -18,7 +19,7 @@ router = APIRouter(prefix="/models/{name}", tags=["versions"])
 PNG = "image/png"
 # Items never change (a task's data is immutable), but they are private to the model's readers.
 CACHE = {"Cache-Control": "private, max-age=3600"}
-ItemId = Annotated[int, Path(description="A dataset item's id (from .../samples).")]
+ItemId = Annotated[DbInt, Path(description="A dataset item's id (from .../samples).")]
 ITEM_NOT_FOUND = {404: {"description": "no such model, or no such item among the model's tasks"}}
 
 

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from api.deps import AdminDep, AdminModelDep, ReaderDep, ReadModelDep, SessionDep, StateDep, check_model_access
+from api.params import PRINTABLE_ASCII_PATTERN
 from api.schemas.tasks import TaskPublic, upload_openapi
 from api.state import AppState
 from services import audit
@@ -62,7 +63,8 @@ async def create_task(
     model: AdminModelDep,
     caller: AdminDep,
     idempotency_key: Annotated[str | None, Header(
-        max_length=200, description="Retrying with the same key and body returns the same task.")] = None,
+        pattern=PRINTABLE_ASCII_PATTERN, description="Retrying with the same key and body returns the same task "
+        "(1 to 200 printable ASCII characters).")] = None,
 ) -> TaskView:
     """Register a task of this model: `spec` (JSON) and files `images` + `masks` (paired by stem) or
     one zip `archive` (images/ and masks/). Everything is validated before anything is stored; the

@@ -10,8 +10,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
-from api.deps import AdminModelDep, ReadModelDep, SessionDep, StateDep
+from api.deps import AdminDep, AdminModelDep, ReadModelDep, SessionDep, StateDep
 from api.schemas.versions import ScoreMatrix, VersionDetail, VersionSummary
+from services import audit
 from services.db.models import ModelVersion
 from services.registry.aliases import aliases_by_version
 from services.registry.policy import PromotionDecision
@@ -78,11 +79,14 @@ def get_version(model: ReadModelDep, version: VersionRef, session: SessionDep, s
 
 @router.delete("/{version}", status_code=status.HTTP_204_NO_CONTENT, responses={
     **NOT_FOUND, 409: {"description": "it is production, a parent of other versions, or tasks are pending"}})
-def remove_version(model: AdminModelDep, version: VersionRef, session: SessionDep, state: StateDep) -> Response:
+def remove_version(model: AdminModelDep, version: VersionRef, session: SessionDep, state: StateDep,
+                   caller: AdminDep) -> Response:
     """Delete a version and its checkpoint. The production version, and versions others descend
     from, cannot be deleted."""
     row = resolve_version(session, model.id, version)
     key = delete_version(session, model.id, row.version)
+    audit.record(session, caller, audit.Action.VERSION_DELETE, model=model, target=f"version {row.version}",
+                 detail={"checkpoint": key})
     session.commit()
     state.inference.refresh()
     try:

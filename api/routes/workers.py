@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Path, Query, status
 from pydantic import BaseModel
 
 from api.deps import AdminDep, ReaderDep, SessionDep, StateDep
+from api.params import TOKEN_PATTERN, DbInt
 from services.jobs.heartbeats import find_ping, list_workers
 
 router = APIRouter(prefix="/workers", tags=["workers"])
@@ -29,8 +31,9 @@ class PingPublic(BaseModel):
 
 
 @router.get("", response_model=list[WorkerPublic])
-def read_workers(session: SessionDep, _: ReaderDep, seen_within_s: int | None = None) -> list:
-    within = timedelta(seconds=seen_within_s) if seen_within_s else None
+def read_workers(session: SessionDep, _: ReaderDep, seen_within_s: Annotated[DbInt | None, Query(
+        description="Only workers heard from within this many seconds.")] = None) -> list:
+    within = timedelta(seconds=seen_within_s) if seen_within_s is not None else None
     return list_workers(session, seen_within=within)
 
 
@@ -42,7 +45,8 @@ def send_ping(state: StateDep, _: AdminDep) -> PingPublic:
     return PingPublic(token=token)
 
 
-@router.get("/ping/{token}", response_model=PingPublic)
-def read_ping(token: str, session: SessionDep, _: ReaderDep) -> PingPublic:
+@router.get("/ping/{token}", response_model=PingPublic, responses={404: {"description": "no worker answered it (yet)"}})
+def read_ping(token: Annotated[str, Path(pattern=TOKEN_PATTERN, description="The token POST /workers/ping gave.")],
+              session: SessionDep, _: ReaderDep) -> PingPublic:
     row = find_ping(session, token)
     return PingPublic(token=token, answered_by=row.hostname, answered_at=row.last_seen)
