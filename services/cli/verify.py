@@ -46,8 +46,9 @@ def _summary(report: Report) -> Iterator[str]:
     how = "sha256" if report.deep else "size"
     yield (f"checked {report.checkpoints} checkpoint(s) (sha256), {report.dataset_objects} dataset object(s) "
            f"({how}), {report.objects} object(s) in the store")
-    if report.training_states or report.recent:
+    if report.training_states or report.staged or report.recent:
         yield (f"not judged: {report.training_states} training state(s) of queued or running tasks, "
+               f"{report.staged} object(s) of uploads in flight or awaiting cleanup, "
                f"{report.recent} object(s) younger than the grace period")
     for p in report.problems:
         where = [f"model {p.model}" if p.model else "",
@@ -71,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deep", action="store_true", help="also hash every dataset image and mask (reads them all)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--grace", type=_minutes, default=10, metavar="MINUTES",
-                   help="objects no row names yet are not orphans while younger than this: an upload is stored "
+                   help="objects no row names yet are not orphans while younger than this: a checkpoint is stored "
                         "before its row commits (default 10; 0 when the service is stopped)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal's stderr)")
     p.set_defaults(func=_verify)

@@ -7,9 +7,10 @@ copied separately, so either may lack what the other names. Three kinds of troub
   (every checkpoint is read and hashed; dataset images and masks are compared by size, and
   hashed too with ``deep``);
 - an object no row names (an orphan): left behind, or written after the database's dump;
-- nothing else: the training state of a queued or running task (``training/{task}/last.pt``) is
-  expected without a row naming it, and objects younger than ``grace_s`` are not judged (an
-  upload or a checkpoint is stored before the transaction that names it commits).
+- nothing else: the training state of a queued or running task (``training/{task}/last.pt``) and
+  the objects under a staged upload's prefix (in flight, or failed and awaiting the API's sweep:
+  ``services/jobs/staging.py``) are expected without a row naming them, and objects younger than
+  ``grace_s`` are not judged (a checkpoint is stored before the transaction that names it commits).
 
 The store is listed before the rows are read, so an object stored and named meanwhile is looked up
 on its own instead of being reported missing. Objects are streamed, never read whole.
@@ -26,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from services.db.models import PENDING_STATUSES, DatasetItem, Model, ModelVersion, Task
+from services.db.models import PENDING_STATUSES, DatasetItem, Model, ModelVersion, StagedUpload, Task
 from services.storage import ObjectInfo, ObjectNotFound, ObjectStore
 from services.storage.keys import key_owner, training_state_key
 from services.storage.streams import CHUNK_SIZE, HashingReader
@@ -55,6 +56,7 @@ class Report:
     dataset_objects: int = 0  # images and masks checked (by size, or hashed too when deep)
     objects: int = 0  # objects in the store
     training_states: int = 0  # objects of queued or running tasks: expected, no row names them
+    staged: int = 0  # objects of uploads in flight or awaiting their cleanup: expected too
     recent: int = 0  # unnamed objects younger than the grace period: not judged
     problems: list[Problem] = field(default_factory=list)
 
@@ -92,6 +94,7 @@ def verify(sessions: sessionmaker[Session], store: ObjectStore, *, deep: bool = 
         checkpoints, dataset = list(_checkpoints(session, names)), list(_dataset_objects(session, names, deep))
         pending = {training_state_key(m, t) for t, m in session.execute(
             select(Task.id, Task.model_id).where(Task.status.in_(PENDING_STATUSES)))}
+        staged = tuple(session.scalars(select(StagedUpload.prefix)))
     report.checkpoints, report.dataset_objects = len(checkpoints), len(dataset)
     for item in tqdm([*checkpoints, *dataset], desc="verify", unit="object", disable=not progress):
         problem = _check(store, item, listed.get(item.key))
@@ -104,6 +107,8 @@ def verify(sessions: sessionmaker[Session], store: ObjectStore, *, deep: bool = 
             continue
         if key in pending:
             report.training_states += 1
+        elif key.startswith(staged):
+            report.staged += 1
         elif info.last_modified is not None and info.last_modified > cutoff:
             report.recent += 1
         else:

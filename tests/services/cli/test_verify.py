@@ -15,11 +15,12 @@ from services.config import get_settings, settings_env
 from services.db.models import DatasetItem, ModelVersion, Task, TaskStatus
 from services.db.session import make_engine, make_session_factory, session_scope
 from services.jobs.lifecycle import request_cancel
+from services.jobs.staging import stage
 from services.registry.aliases import promote
 from services.registry.models import create_model
 from services.registry.verify import MISSING, ORPHAN, SHA256_MISMATCH, SIZE_MISMATCH, verify
 from services.storage import FilesystemStore, open_store
-from services.storage.keys import checkpoint_key, training_state_key
+from services.storage.keys import checkpoint_key, dataset_prefix, training_state_key
 from tests.services.jobs.test_registration import register
 
 CHECKPOINT = bytes(range(256)) * 40  # stands in for a model file: nothing here loads it
@@ -177,6 +178,16 @@ def test_a_stray_object_is_an_orphan_once_past_the_grace_period(deployment, stra
     assert strata_verify()[0] == 0
     code, out = strata_verify("--grace", "0")
     assert code == 1 and f"orphan: model north, version 7: {stray}" in out
+
+
+def test_the_objects_of_a_staged_upload_are_not_orphans(deployment):
+    """An upload in flight, or a failed one the API's sweep deletes once the store takes it."""
+    prefix = dataset_prefix(deployment.model_id, "f" * 32)
+    deployment.store.put_bytes(f"{prefix}images/a.jpg", b"half of an upload")
+    assert kinds(deployment.verify()) == [(ORPHAN, f"{prefix}images/a.jpg")]
+    stage(deployment.sessions, prefix)
+    report = deployment.verify()
+    assert report.ok and report.staged == 1
 
 
 def test_the_training_state_of_a_task_no_longer_pending_is_an_orphan(deployment):
