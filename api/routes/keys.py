@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 
 from api.deps import GlobalAdminDep, SessionDep
+from api.params import DbInt
 from api.schemas.keys import KeyCreate, KeyCreated, KeyPublic
 from services import audit
 from services.auth import create_key, list_keys, models_of, revoke_key, scopes_of
@@ -21,7 +22,8 @@ def _public(key: ApiKey) -> dict:
             "created_at": key.created_at, "last_used_at": key.last_used_at, "revoked_at": key.revoked_at}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated,
+             responses={404: {"description": "`models` names a model that does not exist"}})
 def post_key(body: KeyCreate, session: SessionDep, caller: GlobalAdminDep) -> dict:
     """Create a key, for every model or limited to ``models``. The response holds the key itself,
     the only time it is ever shown."""
@@ -40,7 +42,7 @@ def get_keys(session: SessionDep, _: GlobalAdminDep) -> list[dict]:
 
 @router.delete("/{key_id}", response_model=KeyPublic,
                responses={404: {"description": "no such key"}, 409: {"description": "the last admin key"}})
-def delete_key(key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep,
+def delete_key(key_id: Annotated[DbInt, Path(description="The key's id (GET /keys).")], session: SessionDep,
                caller: GlobalAdminDep) -> dict:
     """Revoke a key (it stays listed, with ``revoked_at``). The last active admin key cannot go."""
     was_active = (row := session.get(ApiKey, key_id)) is not None and row.revoked_at is None

@@ -17,6 +17,7 @@ from services.config import Settings
 from services.db.models import Model
 from services.db.session import session_scope
 from services.registry.models import (
+    MODEL_NAME_PATTERN,
     ModelChanges,
     ModelObjects,
     create_model,
@@ -93,7 +94,7 @@ def patch_model(model: AdminModelDep, body: ModelUpdate, session: SessionDep, st
     **NOT_FOUND, 409: {"description": "tasks are pending, or it has versions and `confirm` does not repeat its name"}})
 async def remove_model(
     model: AdminModelDep, state: StateDep, caller: AdminDep,
-    confirm: Annotated[str | None, Query(max_length=64, description=(
+    confirm: Annotated[str | None, Query(max_length=64, pattern=f"^{MODEL_NAME_PATTERN}$", description=(
         "Required when the model has versions: its name again. Its versions, checkpoints and datasets go too."))] = None,
 ) -> Response:
     """Delete the model, its versions, tasks, classes and stored objects."""
