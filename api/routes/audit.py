@@ -8,13 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import GlobalAdminDep, SessionDep
+from api.params import DbInt
 from api.schemas.audit import AuditEventPublic
 from services.audit import Action, list_events
 from services.db.models import AuditEvent
 from services.registry.models import MODEL_NAME_PATTERN
 
 router = APIRouter(prefix="/audit", tags=["audit"])
-MAX_ID = 2**31 - 1  # ids are 32-bit integers on every database
 
 
 def _public(event: AuditEvent) -> dict:
@@ -30,9 +30,9 @@ def get_audit(
     action: Annotated[Action | None, Query(description="Only this action.")] = None,
     model: Annotated[str | None, Query(max_length=64, pattern=f"^{MODEL_NAME_PATTERN}$", description=(
         "Only events of the model with this name (a deleted model's too)."))] = None,
-    key_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only what this key did.")] = None,
+    key_id: Annotated[DbInt | None, Query(description="Only what this key did.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description=(
+    before_id: Annotated[DbInt | None, Query(description=(
         "Only events older than this one: the `id` of the last event of the previous page."))] = None,
 ) -> list[dict]:
     """Admin actions, newest first: models created, changed or deleted, tasks created or cancelled,
