@@ -162,7 +162,7 @@ def read_task(task_id: TaskId, session: SessionDep, caller: ReaderDep) -> TaskVi
     "/{task_id}/cancel",
     response_model=TaskPublic,
     responses={
-        200: {"description": "it was queued: cancelled now, its class names released"},
+        200: {"description": "it was queued: cancelled now, its class names and indices released"},
         202: {"description": "it is running: the worker stops at its next step"},
         404: {"description": "no such task"},
         409: {"description": "it already finished"},

@@ -68,6 +68,7 @@ class PreparedItem:
     width: int
     height: int
     mask_path: Path
+    labels: frozenset[int] = frozenset()  # the local class values its mask shows (not 0, not 255)
 
 
 def listed(names: Sequence[object], limit: int = _LISTED) -> str:
@@ -229,7 +230,14 @@ def prepare_item(pair: Pair, fmt: MaskFormat, max_pixels: int, out_dir: Path) ->
     # Named by a digest of the stem: stems may hold characters this filesystem dislikes.
     mask_path = out_dir / f"mask-{hashlib.sha1(pair.stem.encode()).hexdigest()}.png"
     Image.fromarray(values).save(mask_path, format="PNG")  # uint8 [H, W] -> mode L
-    return PreparedItem(pair.stem, pair.image, ext, width, height, mask_path)
+    labels = frozenset(int(v) for v in np.unique(values) if v not in (BACKGROUND_INDEX, IGNORE_INDEX))
+    return PreparedItem(pair.stem, pair.image, ext, width, height, mask_path, labels)
+
+
+def unlabelled_classes(items: Sequence[PreparedItem], fmt: MaskFormat, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` (local classes of ``fmt``) that no mask of ``items`` shows."""
+    shown = frozenset().union(*(item.labels for item in items))
+    return [name for k, name in enumerate(fmt.local_names, start=1) if name in names and k not in shown]
 
 
 def prepare_items(pairs: Sequence[Pair], fmt: MaskFormat, max_pixels: int, out_dir: Path) -> list[PreparedItem]:

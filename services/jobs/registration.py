@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from services import audit
@@ -37,6 +37,7 @@ from services.data.upload import (
     listed,
     pair_files,
     prepare_items,
+    unlabelled_classes,
 )
 from services.db.models import (
     PENDING_STATUSES,
@@ -127,8 +128,12 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id:
     spec = parse_spec(received.texts.get("spec"))
     with session_scope(sessions) as session:
         plan(session, model_id, spec)  # fail fast on names and architecture
-    items = prepare_items(collect_pairs(received, workdir, limits), mask_format(spec), limits.max_pixels,
-                          workdir / "masks")
+    fmt = mask_format(spec)
+    items = prepare_items(collect_pairs(received, workdir, limits), fmt, limits.max_pixels, workdir / "masks")
+    if absent := unlabelled_classes(items, fmt, spec.classes):
+        # Each class takes one of the model's 254 indices for good once trained: none for a class nothing shows.
+        raise UploadRejected(f"invalid spec: classes: no mask labels {listed(absent)}; a task's new classes "
+                             "must each appear in at least one mask (remove them from `classes`)")
     task_id = new_task_id()
     keys = [_keys(model_id, task_id, item) for item in items]
     prefix = dataset_prefix(model_id, task_id)
@@ -293,10 +298,15 @@ def _lock_registrations(session: Session) -> None:
 
 
 def next_class_indices(session: Session, model_id: int, count: int) -> list[int]:
-    """``count`` fresh indices of the model: above every class id and every index any of its tasks
-    was ever assigned (a failed or cancelled task's indices stay burnt)."""
+    """``count`` fresh indices of the model, above every index in use: a class's, and any assigned
+    to a task that is pending or produced a version. A failed or cancelled task that never
+    produced a version gives its indices back (no version ever used them), so a cancelled task
+    that declared every remaining class does not exhaust the model. Indices below the highest one
+    in use are not reused, so the limit is MAX_CLASS_INDEX (254) classes per model, counting such gaps."""
     used = session.scalar(select(func.max(SemanticClass.id)).where(SemanticClass.model_id == model_id)) or 0
-    for task in session.scalars(select(Task).where(Task.model_id == model_id)):
+    holding = select(Task).where(Task.model_id == model_id,
+                                 or_(Task.status.in_(PENDING_STATUSES), Task.model_version.is_not(None)))
+    for task in session.scalars(holding):
         used = max([used, *ResolvedSpec.of(task).assigned_classes.values()])
     if used + count > MAX_CLASS_INDEX:
         raise RegistrationConflict(

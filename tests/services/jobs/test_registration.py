@@ -254,7 +254,7 @@ def test_with_nothing_pending_a_task_starts_from_production(env, tmp_path):
         assert task.spec["architecture"] == "fcn_resnet50"
 
 
-def test_indices_of_cancelled_tasks_are_never_reused_but_their_names_are(env, tmp_path):
+def test_a_cancelled_task_gives_back_its_indices_and_names(env, tmp_path):
     _, sessions, _ = env
     first = register(env, tmp_path, {"classes": ["cat", "dog"]})
     with session_scope(sessions) as s:
@@ -264,7 +264,7 @@ def test_indices_of_cancelled_tasks_are_never_reused_but_their_names_are(env, tm
     assert classes_of(env) == {0: ("background", None)}
     again = register(env, tmp_path, {"classes": ["dog"]})
     with sessions() as s:
-        assert s.get(Task, again.task_id).spec["assigned_classes"] == {"dog": 3}
+        assert s.get(Task, again.task_id).spec["assigned_classes"] == {"dog": 1}  # no version ever used 1
         assert s.get(Task, again.task_id).spec["after_task_id"] is None  # the cancelled one is not pending
 
 
@@ -414,15 +414,16 @@ def test_class_indices_and_names_are_per_model(env, tmp_path):
     new_model(env, "c")
     with pytest.raises(UploadRejected, match="also_labelled names classes that model 'c' does not have: cat"):
         register(env, tmp_path, {"classes": ["owl"], "also_labelled": ["cat"]}, model="c")
-    # Burnt indices are the model's own: cancelling in a does not move b's numbering.
+    # Indices are the model's own: cancelling in a does not move b's numbering.
     with session_scope(env[1]) as s:
         assert cancel_task(s, a.task_id) is True
     b_next = register(env, tmp_path, {"classes": ["owl"], "also_labelled": ["cat"]}, model="b")
     a_next = register(env, tmp_path, {"classes": ["owl"]})
     with env[1]() as s:
         assert s.get(Task, b_next.task_id).spec["assigned_classes"] == {"owl": 3}
-        assert s.get(Task, a_next.task_id).spec["assigned_classes"] == {"owl": 3}  # 1 and 2 stay burnt in a
-    assert classes_of(env)[3] == ("owl", a_next.task_id) and 1 not in classes_of(env)
+        # a's cancelled task never produced a version: its indices 1 and 2 are free again.
+        assert s.get(Task, a_next.task_id).spec["assigned_classes"] == {"owl": 1}
+    assert classes_of(env)[1] == ("owl", a_next.task_id) and 2 not in classes_of(env)
     assert classes_of(env, "b")[3] == ("owl", b_next.task_id) and classes_of(env, "b")[1][0] == "dog"
 
 
@@ -437,3 +438,36 @@ def test_each_models_first_task_chooses_its_architecture(env, tmp_path):
             "m": "lraspp_mobilenet_v3_large", "b": "fcn_resnet50"}
     with pytest.raises(UploadRejected, match="model 'b' is a 'fcn_resnet50'"):
         register(env, tmp_path, {"classes": ["dog"], "architecture": "lraspp_mobilenet_v3_large"}, model="b")
+
+
+# --- class indices are bounded: none for a class nothing shows, and failed tasks give theirs back ---
+def test_a_declared_class_that_no_mask_labels_is_rejected_naming_it(env, tmp_path):
+    with pytest.raises(UploadRejected, match=r"classes: no mask labels owl, emu; a task's new classes must"):
+        register(env, tmp_path, {"classes": ["cat", "dog", "owl", "emu"]}, n_classes=2)
+    assert leftovers(env) == (0, 0, 0, 0)
+
+
+def every_index_upload(root: Path, count: int) -> Upload:
+    """Two 16x16 images whose masks show local values 1..count (at most 254), one pixel each."""
+    up = Upload(root)
+    mask = np.zeros((16, 16), np.uint8)
+    mask.flat[1:count + 1] = np.arange(1, count + 1)
+    for i in range(2):
+        up.add("images", f"img{i}.png", encode(np.full((16, 16, 3), 40 * i, np.uint8)))
+        up.add("masks", f"img{i}.png", encode(mask))
+    return up
+
+
+def test_a_cancelled_task_that_took_every_index_gives_them_back(env, tmp_path):
+    settings, sessions, store = env
+    names = [f"c{i}" for i in range(1, 255)]
+    up = every_index_upload(tmp_path / "all", len(names))
+    greedy = register_task(sessions, store, model_id(env), up.received({"classes": names}), up.root / "work",
+                           IngestLimits.from_settings(settings))
+    with pytest.raises(RegistrationConflict, match="no class indices left"):
+        register(env, tmp_path, {"classes": ["late"]})  # while it is pending, its indices are taken
+    with session_scope(sessions) as s:
+        assert cancel_task(s, greedy.task_id) is True
+    after = register(env, tmp_path, {"classes": ["late"]})
+    with sessions() as s:
+        assert s.get(Task, after.task_id).spec["assigned_classes"] == {"late": 1}
