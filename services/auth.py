@@ -34,6 +34,7 @@ from services.config import Settings
 from services.db.base import utcnow
 from services.db.models import ApiKey, Model
 from services.errors import Conflict, InvalidInput, NotFound
+from services.text import NAME_RULE, hidden_character
 
 ADMIN, INFER, READ = "admin", "infer", "read"
 SCOPES = (ADMIN, INFER, READ)
@@ -129,8 +130,9 @@ def _insert(session: Session, name: str, scopes: Iterable[str], plaintext: str,
     name = name.strip()
     if not name or len(name) > 128:
         raise AuthError("a key's name must be 1 to 128 characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise AuthError("name: a key's name cannot hold control characters")
+    hidden = hidden_character(name)
+    if hidden:
+        raise AuthError(f"name: a key's name cannot hold {hidden}: {NAME_RULE}")
     if models is not None and not models:
         raise AuthError("models: a key limited to models needs at least one (leave `models` out for every model)")
     row = ApiKey(name=name, prefix=display_prefix(plaintext), key_hash=hash_key(plaintext),

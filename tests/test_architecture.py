@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_AND_QUEUE = ("fastapi", "starlette", "uvicorn", "celery", "kombu", "billiard")
-CORE = ("learning", "evaluation", "data", "db", "storage", "broker", "config", "errors", "labels")
+CORE = ("learning", "evaluation", "data", "db", "storage", "broker", "config", "errors", "labels", "text")
 RECORDS = ("registry", "auth", "audit")
 APPLICATION = ("jobs", "experiments", "inference", "cli")
 
@@ -79,8 +79,8 @@ def test_the_application_packages_do_not_import_each_other(package: str) -> None
 
 def test_the_foundation_imports_nothing_but_itself() -> None:
     ours = ("services", "api", "worker", "migrations")
-    foundation = tuple(f"services.{p}" for p in ("config", "errors", "labels"))
-    for name in ("config", "errors", "labels"):
+    foundation = tuple(f"services.{p}" for p in ("config", "errors", "labels", "text"))
+    for name in ("config", "errors", "labels", "text"):
         imported = [m for m in imports(ROOT / "services" / f"{name}.py") if under(m, *ours)]
         assert all(under(m, *foundation) for m in imported), (name, imported)
 

@@ -8,15 +8,19 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from services.registry.models import MAX_DESCRIPTION_CHARS, MODEL_NAME_PATTERN, has_control_characters
+from services.text import reordering_character
 
 
-def _no_control_characters(text: str) -> str:
+def _shows_as_written(text: str) -> str:
     if has_control_characters(text):
         raise ValueError("control characters are not allowed (line breaks and tabs are)")
+    reordering = reordering_character(text)
+    if reordering:
+        raise ValueError(f"{reordering} is not allowed (it reorders the text after it)")
     return text
 
 
-Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS), AfterValidator(_no_control_characters)]
+Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS), AfterValidator(_shows_as_written)]
 
 
 class ModelCreate(BaseModel):

@@ -14,11 +14,21 @@ means the engine's default when the worker builds the step's ``StepConfig``.
 
 from __future__ import annotations
 
-import re
+import json
+from collections import Counter, deque
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from services.data.upload import UploadRejected, listed
 from services.db.models import Task
@@ -38,8 +48,7 @@ from services.learning.config import (
     TrainConfig,
 )
 from services.learning.names import ARCHITECTURES, SERVICE_METHODS
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from services.text import NAME_RULE, hidden_character
 
 DEFAULT_IMAGE_SIZE = 512  # the papers' crop
 Colour = tuple[int, int, int]
@@ -93,6 +102,13 @@ class Hyperparameters(BaseModel):
                                                 "class_balance")
     FIRST_STEP_FIELDS: ClassVar[tuple[str, ...]] = ("pretrained_backbone", "backbone_weights")
 
+    @field_validator("backbone_weights")
+    @classmethod
+    def _weights_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and _client_rules(info) and (hidden := hidden_character(v)):
+            raise ValueError(f"a file path cannot hold {hidden}")
+        return v
+
     def given(self) -> dict[str, Any]:
         """The hyperparameters the client set."""
         return self.model_dump(exclude_none=True)
@@ -113,23 +129,31 @@ class Hyperparameters(BaseModel):
         return {k: v for k, v in given.items() if k in self.FIRST_STEP_FIELDS}
 
 
-def _clean_name(name: str) -> str:
+def _clean_name(name: str, info: ValidationInfo) -> str:
+    """A class name as the client sent it, stripped; refused when it is empty, too long, reserved,
+    or holds a character that does not show as itself (services/text.py)."""
+    if not _client_rules(info):
+        return name
     name = name.strip()
     if not 1 <= len(name) <= 128:
         raise ValueError(f"class name {name!r} must be 1 to 128 characters")
-    if _CONTROL.search(name):
-        raise ValueError(f"class name {name!r} contains control characters")
+    hidden = hidden_character(name)
+    if hidden:
+        raise ValueError(f"class name {name!r} contains {hidden}: {NAME_RULE}")
     if name.lower() == BACKGROUND_NAME:
         raise ValueError(f"{name!r} is reserved: background is always value 0 of every mask")
     return name
 
 
-def _clean_names(names: list[str], what: str) -> list[str]:
-    cleaned = [_clean_name(n) for n in names]
-    repeated = sorted({n for n in cleaned if cleaned.count(n) > 1})
+# Checked one by one, so that an error says which: "classes.2: class name ...".
+ClassName = Annotated[str, AfterValidator(_clean_name)]
+
+
+def _unrepeated(names: list[str], what: str) -> list[str]:
+    repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"{what} repeats {listed(repeated)}")
-    return cleaned
+    return names
 
 
 class TaskSpec(BaseModel):
@@ -138,7 +162,7 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    classes: list[str] = Field(min_length=1, max_length=MAX_CLASS_INDEX,
+    classes: list[ClassName] = Field(min_length=1, max_length=MAX_CLASS_INDEX,
                                description="New class names, in the order the mask values use (1, 2, ...).")
     method: str | None = Field(None, description=f"One of {', '.join(SERVICE_METHODS)}; default: the engine's best.")
     epochs: int = Field(TrainConfig.epochs, ge=1, le=1000)
@@ -154,13 +178,13 @@ class TaskSpec(BaseModel):
     mask_format: Literal["index", "palette"] = "index"
     palette: dict[str, Colour] | None = Field(
         None, description="mask_format 'palette': {class: [r, g, b]} for every class and also_labelled class.")
-    also_labelled: list[str] = Field(default_factory=list, description=(
+    also_labelled: list[ClassName] = Field(default_factory=list, description=(
         "Existing classes these masks label too, after the new ones (index format: values n+1, n+2, ...)."))
 
     @field_validator("classes", "also_labelled")
     @classmethod
     def _names(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        return _clean_names(v, info.field_name) if _client_rules(info) else v
+        return _unrepeated(v, info.field_name) if _client_rules(info) else v
 
     @field_validator("method")
     @classmethod
@@ -190,6 +214,11 @@ class TaskSpec(BaseModel):
     def _palette_colours(cls, v: dict[str, Colour] | None, info: ValidationInfo) -> dict[str, Colour] | None:
         if v is None or not _client_rules(info):
             return v
+        stripped = [name.strip() for name in v]
+        twice = sorted({n for n in stripped if stripped.count(n) > 1})
+        if twice:
+            raise ValueError(f"gives {listed(twice)} more than one colour (names are compared without "
+                             "surrounding spaces)")
         v = {name.strip(): tuple(colour) for name, colour in v.items()}
         for name, colour in v.items():
             if any(not 0 <= c <= 255 for c in colour):
@@ -276,7 +305,49 @@ def parse_spec(text: str | None) -> TaskSpec:
     if text is None or not text.strip():
         raise UploadRejected("the form field `spec` is missing: send the task's spec as JSON, e.g. "
                              '{"classes": ["cat", "dog"]}')
+    data = _json_without_repeated_keys(text)
     try:
-        return TaskSpec.model_validate_json(text)
+        return TaskSpec.model_validate(data)
     except ValidationError as err:
         raise UploadRejected("invalid spec: " + describe_validation_errors(err.errors())) from None
+
+
+class _Object(dict):
+    """A JSON object as parsed, with the keys it gave more than once (json.loads keeps the last)."""
+
+    repeated: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, Any]]) -> _Object:
+        obj = cls(pairs)
+        if len(obj) < len(pairs):
+            counts = Counter(k for k, _ in pairs)
+            obj.repeated = tuple(k for k, n in counts.items() if n > 1)
+        return obj
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _json_without_repeated_keys(text: str) -> Any:
+    """The spec's JSON; a key given twice in one object is refused (naming it and where), not
+    silently overridden by its last value."""
+    try:
+        data = json.loads(text, object_pairs_hook=_Object.of, parse_constant=_not_json)
+    except RecursionError:
+        raise UploadRejected("invalid spec: not valid JSON (nested too deeply)") from None
+    except ValueError as err:
+        raise UploadRejected(f"invalid spec: not valid JSON ({err})") from None
+    pending: deque[tuple[tuple[str, ...], Any]] = deque([((), data)])
+    while pending:  # breadth first, without recursion: the first repeated key nearest the top
+        where, value = pending.popleft()
+        if isinstance(value, _Object):
+            if value.repeated:
+                at = f"{'.'.join(where)}: " if where else ""
+                raise UploadRejected(f"invalid spec: {at}key {value.repeated[0]!r} is given more than once "
+                                     "(each key of a JSON object may appear once)")
+            pending.extend(((*where, str(k)), v) for k, v in value.items())
+        elif isinstance(value, list):
+            pending.extend(((*where, str(i)), v) for i, v in enumerate(value))
+    return data

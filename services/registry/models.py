@@ -29,6 +29,7 @@ from services.db.models import (
 from services.errors import Conflict, InvalidInput, NotFound
 from services.registry.aliases import LATEST, PRODUCTION
 from services.registry.policy import PromotionPolicy
+from services.text import reordering_character
 
 MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
@@ -76,6 +77,9 @@ def _check_description(text: str | None) -> str:
     text = (text or "").strip()
     if has_control_characters(text):
         raise InvalidModel("description: control characters are not allowed (line breaks and tabs are)")
+    reordering = reordering_character(text)
+    if reordering:
+        raise InvalidModel(f"description: {reordering} is not allowed (it reorders the text after it)")
     if len(text) > MAX_DESCRIPTION_CHARS:
         raise InvalidModel(f"description has {len(text)} characters, the limit is {MAX_DESCRIPTION_CHARS}")
     return text

@@ -95,3 +95,33 @@ def test_the_architecture_is_named_architecture_and_model_is_refused_naming_it()
         parse_spec('{"classes": ["cat"], "architecture": "resnet9000"}')
     stored = ResolvedSpec.model_validate({"classes": ["cat"], "method": "mib", "architecture": "fcn_resnet50"}).stored()
     assert stored["architecture"] == "fcn_resnet50" and "model" not in stored
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"classes": ["a"], "classes": ["b"]}', "invalid spec: key 'classes' is given more than once"),
+    ('{"classes": ["a"], "hyperparameters": {"seed": 1, "lr": 0.1, "seed": 2}}',
+     "invalid spec: hyperparameters: key 'seed' is given more than once"),
+    ('{"classes": ["a"], "extra": [{"k": 1}, {"k": 1, "k": 2}]}', "invalid spec: extra.1: key 'k' is given more than once"),
+    ('{"classes": ["a"], "mask_format": "palette", "palette": {"a": [1, 2, 3], " a ": [3, 2, 1]}}',
+     "invalid spec: palette: gives a more than one colour"),
+    ('{"classes": ["a"], "epochs": NaN}', "invalid spec: not valid JSON (NaN is not a JSON value)"),
+    ('{"classes": ["a"], "lr": Infinity}', "invalid spec: not valid JSON (Infinity is not a JSON value)"),
+    ("[" * 100_000 + "]" * 100_000, "invalid spec: not valid JSON (nested too deeply)"),
+    ('{"classes": ["a"], "epochs": ' + "9" * 5000 + "}", "invalid spec: not valid JSON (Exceeds the limit"),
+    ('{"classes": ["a\u202eb"]}', "invalid spec: classes.0: class name 'a\\u202eb' contains U+202E (RIGHT-TO-LEFT "
+                                  "OVERRIDE): control, format (bidirectional, zero-width), private-use and separator "
+                                  "characters are not allowed"),
+])
+def test_the_spec_text_is_refused_where_json_would_guess(text: str, message: str) -> None:
+    """A repeated key is not "the last one wins"; NaN and Infinity are not JSON; nesting and digits
+    are bounded; every message says where."""
+    with pytest.raises(UploadRejected) as err:
+        parse_spec(text)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_stored_rows_keep_loading_whatever_their_names_hold() -> None:
+    """The rules on names are the client's: a row written before them reads back unchanged."""
+    row = {**OLD_ROW, "classes": ["bi\u200bcycle"], "assigned_classes": {"bi\u200bcycle": 3},
+           "palette": {"bi\u200bcycle": [0, 128, 192], "car": [64, 0, 128]}}
+    assert ResolvedSpec.of(Task(spec=row)).classes == ["bi\u200bcycle"]
