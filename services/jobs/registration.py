@@ -234,6 +234,7 @@ def plan(session: Session, model_id: int, spec: TaskSpec) -> _Plan:
             f"model {model.name!r} has no version in production, so there is nothing to add classes to: "
             f"promote one first (PUT /models/{model.name}/aliases/production)")
     architecture = _resolve_architecture(session, model, spec.architecture, pending, production)
+    _check_first_step(model, spec, first=pending is None and production is None)
     method = spec.method or DEFAULT_METHOD
     _check_weights(method, spec.hyperparameters.loss_weights())
     resolved = ResolvedSpec.model_validate({**spec.model_dump(), "method": method, "architecture": architecture,
@@ -254,6 +255,18 @@ def _check_weights(method: str, weights: dict[str, Any]) -> None:
         build_method(method, 1, **weights)  # the engine's own check: a weight the method does not use
     except ValueError as err:
         raise UploadRejected(f"invalid spec: hyperparameters: {err}") from None
+
+
+def _check_first_step(model: Model, spec: TaskSpec, *, first: bool) -> None:
+    """Settings that build the network (``Hyperparameters.FIRST_STEP_FIELDS``) belong to the model's
+    first task, like its architecture: a later task grows the network it inherits, so they would be
+    ignored without a word."""
+    given = [f for f in spec.hyperparameters.FIRST_STEP_FIELDS if f in spec.hyperparameters.given()]
+    if given and not first:
+        fields = ", ".join(f"hyperparameters.{f}" for f in given)
+        raise UploadRejected(
+            f"invalid spec: {fields}: only a model's first task builds the network; model {model.name!r} has "
+            "one already (or a queued task builds it) and later tasks inherit it (leave it out)")
 
 
 def _check_names(session: Session, model: Model, spec: TaskSpec) -> None:

@@ -69,6 +69,26 @@ def test_a_key_given_twice_in_the_spec_is_422_naming_it(client, prepared, admin,
     assert leftovers(prepared) == NOTHING
 
 
+@pytest.mark.parametrize("hyperparameters, fields", [
+    ({"backbone_weights": "/weights/resnet50.pth"}, "hyperparameters.backbone_weights"),
+    ({"pretrained_backbone": True}, "hyperparameters.pretrained_backbone"),
+    ({"pretrained_backbone": False, "backbone_weights": "/w.pth"},
+     "hyperparameters.pretrained_backbone, hyperparameters.backbone_weights"),
+])
+def test_backbone_settings_on_a_later_task_are_422_naming_the_field(client, prepared, admin, hyperparameters, fields):
+    """Only the first task builds the network; a later one (here: queued behind the first) inherits it."""
+    assert post_task(client, admin, {"classes": ["car"], "hyperparameters": hyperparameters},
+                     dataset(2, 1)).status_code == 202
+    before = leftovers(prepared)
+    r = post_task(client, admin, {"classes": ["bike"], "hyperparameters": hyperparameters}, dataset(2, 1))
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == (
+        f"invalid spec: {fields}: only a model's first task builds the network; model {MODEL!r} has one already "
+        "(or a queued task builds it) and later tasks inherit it (leave it out)")
+    assert leftovers(prepared) == before
+    assert post_task(client, admin, {"classes": ["bike"]}, dataset(2, 1)).status_code == 202
+
+
 def test_a_backbone_weights_path_with_a_control_character_is_422(client, prepared, admin):
     r = post_task(client, admin, {"classes": ["car"], "hyperparameters": {"backbone_weights": "/w\x00.pth"}},
                   dataset(2, 1))
