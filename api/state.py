@@ -15,6 +15,7 @@ from services.config import Settings
 from services.db.last_known import LastKnown
 from services.db.models import Model
 from services.db.session import make_engine, make_session_factory
+from services.inference.admission import PixelBudget
 from services.inference.service import InferenceService
 from services.storage import ObjectStore, open_store
 
@@ -27,6 +28,7 @@ class AppState:
     store: ObjectStore
     queue: TaskQueue
     inference: InferenceService
+    pixels: PixelBudget  # what /segment decodes at once (services/inference/admission.py)
     # Stand-ins while the database is unreachable (stale-if-error): key hash -> caller, name -> model.
     callers: LastKnown[str, Caller] = field(default_factory=lambda: LastKnown(0))
     models: LastKnown[str, Model] = field(default_factory=lambda: LastKnown(0))
@@ -44,6 +46,7 @@ class AppState:
             store=store,
             queue=TaskQueue(settings),
             inference=InferenceService(settings, sessions, store, on_batch=on_inference_batch),
+            pixels=PixelBudget(settings.segment_max_pixels_in_flight, settings.segment_queue_timeout_s),
             callers=LastKnown(settings.stale_if_error_s),
             models=LastKnown(settings.stale_if_error_s),
         )

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     stale_if_error_s: float = Field(300.0, ge=0, le=86400, description=(
         "While the database cannot be reached, API keys and models read within this many seconds still "
         "work from memory, so serving survives a database blip (0: off; a 503 at once)."))
+    header_timeout_s: float = Field(10.0, gt=0, description=(
+        "A client must send a request's headers within this many seconds of starting them (or of connecting)."))
+    body_timeout_s: float = Field(30.0, gt=0, description=(
+        "A request body that sends nothing for this many seconds is answered 408 and dropped."))
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024, description=(
+        "Largest request line + headers: 431 past it (400 while still incomplete)."))
     admin_key: str | None = Field(None, description="Embedded mode: the admin API key (generated if unset).")
     infer_key: str | None = Field(None, description="Embedded mode: the inference API key (generated if unset).")
 
@@ -77,6 +83,11 @@ class Settings(BaseSettings):
     inference_max_batch: int = Field(8, ge=1)
     inference_max_wait_ms: float = Field(5.0, ge=0)
     inference_device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    segment_max_pixels_in_flight: int = Field(80_000_000, ge=1, description=(
+        "Pixels of the images POST /segment decodes and segments at once, over all requests: bounds the "
+        "API's memory (tens of bytes per pixel). Requests beyond it wait their turn."))
+    segment_queue_timeout_s: float = Field(30.0, gt=0, description=(
+        "How long a /segment request waits for its turn before it is answered 503 (Retry-After)."))
     inference_max_loaded: int = Field(4, ge=1, description=(
         "Model versions kept loaded at once, over all models; production versions are kept first."))
 

@@ -1,7 +1,9 @@
 """POST /models/{name}/segment: one image in, its mask of the model's class indices out.
 
-The image is decoded and the mask PNG encoded in the thread pool; the forward runs on the
-version's batcher thread, batched with concurrent requests. The event loop only waits.
+The key is checked before the body is read. The image's pixels are admitted through the API's
+pixel budget (services/inference/admission.py), then the image is decoded and the mask PNG encoded
+in the thread pool; the forward runs on the version's batcher thread, batched with concurrent
+requests. The event loop only waits.
 """
 
 from __future__ import annotations
@@ -9,18 +11,26 @@ from __future__ import annotations
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from api.deps import InferModelDep, StateDep
-from services.inference.images import class_pixel_counts, decode_image, encode_mask_png
+from services.inference.errors import NotAnImage
+from services.inference.images import class_pixel_counts, encode_mask_png, load_image, open_image
 from services.inference.service import Segmentation
 from services.registry.versions import VERSION_REF_PATTERN
 
 router = APIRouter(tags=["inference"])
 PNG = "image/png"
+MAX_FORM_FIELDS = 8  # besides the one file: a client's extra text fields are ignored, not unbounded
+# The body as the OpenAPI document shows it (the route reads it itself, after authentication).
+IMAGE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image"],
+    "properties": {"image": {"type": "string", "format": "binary",
+                             "description": "The image to segment (PNG, JPEG, ...)."}}}}}}}
 
 
 class SegmentResult(BaseModel):
@@ -50,6 +60,7 @@ def _wants_png(request: Request) -> bool:
 @router.post(
     "/models/{name}/segment",
     response_model=SegmentResult,
+    openapi_extra=IMAGE_BODY,
     responses={
         200: {"content": {PNG: {}}, "description": "JSON, or with `Accept: image/png` the mask PNG itself "
                                                    "(header X-Model-Version names the version)"},
@@ -57,26 +68,36 @@ def _wants_png(request: Request) -> bool:
         409: {"description": "the model has no version yet, or none in production"},
         413: {"description": "the image has more pixels than STRATA_MAX_IMAGE_PIXELS"},
         422: {"description": "the upload is not an image"},
-        503: {"description": "the version exists but cannot be loaded"},
+        503: {"description": "the version exists but cannot be loaded, or too many pixels are being "
+                             "segmented now (Retry-After)"},
     },
 )
 async def segment(
     request: Request,
     state: StateDep,
     model: InferModelDep,
-    image: Annotated[UploadFile, File(description="The image to segment (PNG, JPEG, ...).")],
     version: Annotated[str | None, Query(max_length=64, pattern=VERSION_REF_PATTERN,
                                          description="A version number or alias; default: production.")] = None,
 ) -> Response:
-    """Segment one image with the model's production version (or ``version``)."""
-    data = await image.read()
-    decoded = await run_in_threadpool(decode_image, data, state.settings.max_image_pixels, image.filename or "image")
-    result = await state.inference.predict(model.id, decoded, version)
-    if _wants_png(request):
-        png = await run_in_threadpool(encode_mask_png, result.mask)
-        return Response(png, media_type=PNG, headers={"X-Model": result.model,
-                                                      "X-Model-Version": str(result.version)})
-    return await run_in_threadpool(_as_json, result)
+    """Segment one image (multipart field `image`) with the model's production version (or ``version``)."""
+    # The body is read here, after the key and the model were checked (no body parameter is
+    # declared, so FastAPI reads nothing before the dependencies): a client without a valid key
+    # is answered 401 at once, before a byte of its upload is read.
+    async with request.form(max_files=1, max_fields=MAX_FORM_FIELDS) as form:
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise NotAnImage("body.image: send the image as the multipart/form-data file field `image`")
+        name = upload.filename or "image"
+        im = await run_in_threadpool(open_image, upload.file, state.settings.max_image_pixels, name)
+        async with state.pixels.hold(im.width * im.height):  # bounds memory over all requests
+            await run_in_threadpool(load_image, im, name)
+            result = await state.inference.predict(model.id, im, version)
+            del im
+            if _wants_png(request):
+                png = await run_in_threadpool(encode_mask_png, result.mask)
+                return Response(png, media_type=PNG, headers={"X-Model": result.model,
+                                                              "X-Model-Version": str(result.version)})
+            return await run_in_threadpool(_as_json, result)
 
 
 def _as_json(result: Segmentation) -> Response:

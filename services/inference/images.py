@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -23,18 +24,33 @@ PNG_COMPRESS_LEVEL = 1
 _PALETTE = bytes(c for i in range(256) for c in (class_colour(i) if i != IGNORE_INDEX else (255, 255, 255)))
 
 
-def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
+def decode_image(data: bytes | BinaryIO, max_pixels: int, name: str = "image") -> Image.Image:
     """Decode an uploaded image fully; its size is checked from the header before decoding.
 
     Raises NotAnImage (unrecognised, corrupt or truncated) or ImageTooLarge (over ``max_pixels``).
     """
-    if not data:
-        raise NotAnImage(f"{name!r} is empty: send an image file (PNG, JPEG, ...)")
-    with decoding(repr(name), not_image=NotAnImage, too_large=ImageTooLarge):
-        im = Image.open(io.BytesIO(data))
-        check_pixels(repr(name), *im.size, max_pixels, ImageTooLarge)
-        im.load()
+    im = open_image(data, max_pixels, name)
+    load_image(im, name)
     return im
+
+
+def open_image(data: bytes | BinaryIO, max_pixels: int, name: str = "image") -> Image.Image:
+    """Read an uploaded image's header only (its size is known, nothing decoded yet): bytes, or a
+    seekable file that must stay open until ``load_image``. Raises NotAnImage or ImageTooLarge."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    if source.seek(0, io.SEEK_END) == 0:
+        raise NotAnImage(f"{name!r} is empty: send an image file (PNG, JPEG, ...)")
+    source.seek(0)
+    with decoding(repr(name), not_image=NotAnImage, too_large=ImageTooLarge):
+        im = Image.open(source)
+        check_pixels(repr(name), *im.size, max_pixels, ImageTooLarge)
+    return im
+
+
+def load_image(im: Image.Image, name: str = "image") -> None:
+    """Decode an image ``open_image`` returned."""
+    with decoding(repr(name), not_image=NotAnImage, too_large=ImageTooLarge):
+        im.load()
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
