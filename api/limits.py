@@ -1,4 +1,6 @@
-"""Request body size limit, enforced while the body streams in (never by buffering it).
+"""Request body size limit, enforced while the body streams in (never by buffering it), and a
+body that stalls: no bytes for ``idle_timeout_s`` is answered 408 (slow-body attacks hold a
+connection and a handler; an honest client's upload never pauses that long).
 
 A request whose ``Content-Length`` is over the limit is answered 413 before a byte of its body is
 read. A chunked request (no ``Content-Length``), or one whose length lies, is counted as it
@@ -8,6 +10,7 @@ disconnect, so it stops reading and cleans up like after any aborted upload.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from fnmatch import fnmatchcase
@@ -25,8 +28,9 @@ class UploadLimitMiddleware:
     whose form FastAPI parses before the auth dependency runs."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, setting: str = "STRATA_MAX_UPLOAD_BYTES",
-                 paths: tuple[str, ...] | None = None) -> None:
+                 paths: tuple[str, ...] | None = None, idle_timeout_s: float | None = None) -> None:
         self.app, self.max_bytes, self.setting, self.paths = app, max_bytes, setting, paths
+        self.idle_timeout_s = idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self.paths is not None and not _matches(scope["path"], self.paths)):
@@ -41,9 +45,9 @@ class UploadLimitMiddleware:
     def detail(self, what: str) -> str:
         return f"{what}, over the upload limit of {self.max_bytes} bytes ({self.setting})"
 
-    async def _reject(self, send: Send, what: str) -> None:
-        body = json.dumps({"detail": self.detail(what)}).encode()
-        await send({"type": "http.response.start", "status": 413,
+    async def _reject(self, send: Send, what: str, status: int = 413) -> None:
+        body = json.dumps({"detail": self.detail(what) if status == 413 else what}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
@@ -58,6 +62,7 @@ class _LimitedRequest:
         self.response_started = False
         self.cut_off = False  # the body went over the limit: the app sees a disconnect from now on
         self.answered = False  # ... and the client got our 413 (the app's own response is dropped)
+        self.body_done = False  # after the last body chunk, receive() only waits for a disconnect
 
     async def run(self, scope: Scope) -> None:
         try:
@@ -71,16 +76,32 @@ class _LimitedRequest:
     async def receive(self) -> Message:
         if self.cut_off:
             return {"type": "http.disconnect"}
-        message = await self._receive()
+        message = await self._next_message()
+        if message is None:  # the body stalled: 408, and the app sees the client go
+            return await self._cut_off(408, f"the request body sent nothing for {self.limit.idle_timeout_s:g} s "
+                                            "(STRATA_BODY_TIMEOUT_S)")
         if message["type"] == "http.request":
+            self.body_done = not message.get("more_body", False)
             self.received += len(message.get("body", b""))
             if self.received > self.limit.max_bytes:
-                self.cut_off = True
-                if not self.response_started:
-                    self.response_started = self.answered = True
-                    await self.limit._reject(self._send, f"the request body passed {self.limit.max_bytes} bytes")
-                return {"type": "http.disconnect"}
+                return await self._cut_off(413, f"the request body passed {self.limit.max_bytes} bytes")
         return message
+
+    async def _next_message(self) -> Message | None:
+        """The next message; None when a body still due sent nothing within the idle timeout."""
+        if self.body_done or self.limit.idle_timeout_s is None:
+            return await self._receive()
+        try:
+            return await asyncio.wait_for(self._receive(), self.limit.idle_timeout_s)
+        except TimeoutError:
+            return None
+
+    async def _cut_off(self, status: int, what: str) -> Message:
+        self.cut_off = True
+        if not self.response_started:
+            self.response_started = self.answered = True
+            await self.limit._reject(self._send, what, status)
+        return {"type": "http.disconnect"}
 
     async def send(self, message: Message) -> None:
         if self.answered:
@@ -102,3 +123,27 @@ def _content_length(scope: Scope) -> int | None:
 
 def _matches(path: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatchcase(path, p) for p in patterns)
+
+
+class HeaderLimitMiddleware:
+    """Pure ASGI middleware: 431 for a request whose request line and headers exceed ``max_bytes``.
+
+    uvicorn refuses headers over its limit only while they are incomplete (a slow sender); headers
+    that arrive whole in one read are checked here, so the limit holds for every client."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
+                len(name) + len(value) + 4 for name, value in scope.get("headers", []))
+            if size > self.max_bytes:
+                body = json.dumps({"detail": f"the request's headers are {size} bytes, over the limit of "
+                                             f"{self.max_bytes} (STRATA_MAX_HEADER_BYTES)"}).encode()
+                await send({"type": "http.response.start", "status": 431,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from api import housekeeping
 from api.access_log import install_access_log_redaction
 from api.errors import install_error_handlers
-from api.limits import UploadLimitMiddleware
+from api.limits import HeaderLimitMiddleware, UploadLimitMiddleware
 from api.metrics import install_metrics
 from api.openapi import install_openapi
 from api.routes import (
@@ -97,9 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router)
     install_dashboard(app)  # GET /dashboard and its static files
     install_openapi(app)  # the shared responses (401, 403, 413, 503) and the one error shape in /openapi.json
-    app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes,
+                       idle_timeout_s=settings.body_timeout_s)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_image_bytes,
                        setting="STRATA_MAX_IMAGE_BYTES", paths=("/models/*/segment",))
+    app.add_middleware(HeaderLimitMiddleware, max_bytes=settings.max_header_bytes)
     return app
 
 

@@ -7,6 +7,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -183,3 +184,59 @@ class FlakyProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.close()
+
+
+class ApiProcess:
+    """The API as ``strata run`` starts it (services.cli.processes.api_command: uvicorn, our HTTP
+    protocol, real sockets), on a spare port; its log in ``log``. A context manager."""
+
+    def __init__(self, settings, log: Path, **overrides) -> None:
+        self.settings = settings.model_copy(update={"port": free_port(), **overrides})
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    @property
+    def port(self) -> int:
+        return self.settings.port
+
+    def __enter__(self) -> ApiProcess:
+        import httpx
+
+        from services.cli.processes import api_command
+        from services.config import settings_env
+
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}, **settings_env(self.settings)}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(api_command(self.settings), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+        deadline = time.monotonic() + 90
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not start:\n{self.log.read_text(errors='replace')[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.3)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def memory_kib(self) -> dict[str, int]:
+        """VmRSS and VmHWM (peak) of the API process, in KiB."""
+        fields = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0])
+        return fields

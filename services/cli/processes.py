@@ -15,9 +15,12 @@ from services.config import Settings
 
 
 def api_command(settings: Settings) -> list[str]:
+    # The protocol adds a deadline on request headers; uvicorn bounds their size.
     return [
         sys.executable, "-m", "uvicorn", "--factory", "api.main:app_from_env",
         "--host", settings.host, "--port", str(settings.port), "--log-level", settings.log_level,
+        "--http", "api.http_protocol:GuardedH11Protocol",
+        "--h11-max-incomplete-event-size", str(settings.max_header_bytes),
     ]
 
 
