@@ -70,3 +70,39 @@ def test_task_accepted_while_the_broker_is_down_trains_once_it_is_back(outage_se
     finally:
         stop(worker, 15)
         print((tmp_path / "worker.log").read_text(errors="replace")[-4000:])
+
+
+def test_the_workers_relay_sends_what_no_api_sent(outage_settings, tmp_path):
+    """A task committed with its message owed and no API process left to send it (it died right
+    after the commit): the worker's own relay sends it, with no restart of anything."""
+    from services.db.session import make_engine, make_session_factory
+    from services.jobs.registration import IngestLimits, register_task
+    from services.registry.models import create_model as create_model_row
+    from services.storage import open_store
+    from tests.services.jobs.test_registration import Upload
+
+    engine = make_engine(outage_settings)
+    sessions = make_session_factory(engine)
+    with session_scope(sessions) as s:
+        model_id = create_model_row(s, "orphaned").id
+    worker = start_worker(outage_settings, tmp_path / "worker.log")
+    try:
+        time.sleep(3)  # the worker is up and its start-up sweep has run: only the periodic relay is left
+        up = Upload(tmp_path / "up").dataset(6, 1)
+        spec = {**SMALL, "classes": ["cat"], "epochs": 1}
+        task = register_task(sessions, open_store(outage_settings), model_id, up.received(spec), up.root / "work",
+                             IngestLimits.from_settings(outage_settings))
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with sessions() as s:
+                row = s.get(Task, task.task_id)
+                if row.status in ("succeeded", "failed"):
+                    break
+            time.sleep(0.5)
+        assert (row.status, row.error) == ("succeeded", None)
+        assert row.dispatched_at is not None
+        assert f"relayed 1 owed training message(s): {task.task_id}" in (tmp_path / "worker.log").read_text()
+    finally:
+        stop(worker, 15)
+        engine.dispose()
+        print((tmp_path / "worker.log").read_text(errors="replace")[-4000:])
