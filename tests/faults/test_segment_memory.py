@@ -17,8 +17,8 @@ from services.cli.run import prepare
 from services.config import load_settings
 from services.db.session import make_engine, make_session_factory, session_scope
 from services.storage import open_store
-from tests.services.inference.helpers import create_model, publish
 from tests.servers import ApiProcess
+from tests.services.inference.helpers import create_model, publish
 
 pytestmark = pytest.mark.slow
 SIDE = 6300  # 39.7 megapixels, under the 40-megapixel per-image limit

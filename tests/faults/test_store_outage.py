@@ -62,7 +62,8 @@ def test_store_dying_mid_upload_is_503_and_leaves_nothing_once_back(store_settin
         started = time.monotonic()
         r = post_task(client, admin, archive)
         assert r.status_code == 503, r.text
-        assert time.monotonic() - started < 30
+        failed_s = time.monotonic() - started
+        assert failed_s < 30
         assert r.headers["retry-after"] == "5"
         assert r.json()["detail"] == "object store unavailable: retry in a few seconds"
         assert {**rows(client), "StagedUpload": 0} == before  # no task, class or item rows
@@ -70,10 +71,13 @@ def test_store_dying_mid_upload_is_503_and_leaves_nothing_once_back(store_settin
         assert list(upstream.list("models/")), "the store took part of the upload before it died"
 
         proxy.up()
+        back = time.monotonic()
         deadline = time.monotonic() + 30
         while (list(upstream.list("models/")) or rows(client)["StagedUpload"]) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert list(upstream.list("models/")) == [] and rows(client) == before
+        print(f"store died mid-upload: 503 in {failed_s:.2f} s; its objects deleted "
+              f"{time.monotonic() - back:.1f} s after the store was back")
 
         again = post_task(client, admin, archive)  # and the service works again, unrestarted
         assert again.status_code == 202, again.text
@@ -87,6 +91,7 @@ def test_a_missing_bucket_is_503_at_once(store_settings, tmp_path):
         started = time.monotonic()
         r = post_task(client, admin, shapes_zip(tmp_path, [1, 2], 4, seed=3))
         assert r.status_code == 503 and time.monotonic() - started < 10, r.text
+        print(f"missing bucket: 503 in {time.monotonic() - started:.2f} s")
         assert r.json()["detail"] == "object store unavailable: retry in a few seconds"
         assert "strata-never-created" not in r.text
         assert rows(client)["Task"] == 0
