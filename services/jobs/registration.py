@@ -260,8 +260,11 @@ def _check_weights(method: str, weights: dict[str, Any]) -> None:
 def _check_first_step(model: Model, spec: TaskSpec, *, first: bool) -> None:
     """Settings that build the network (``Hyperparameters.FIRST_STEP_FIELDS``) belong to the model's
     first task, like its architecture: a later task grows the network it inherits, so they would be
-    ignored without a word."""
-    given = [f for f in spec.hyperparameters.FIRST_STEP_FIELDS if f in spec.hyperparameters.given()]
+    ignored without a word. ``pretrained_backbone: false`` is accepted anywhere: loading no
+    pretrained weights is what every later step does."""
+    values = spec.hyperparameters.given()
+    given = [f for f in spec.hyperparameters.FIRST_STEP_FIELDS
+             if f in values and not (f == "pretrained_backbone" and values[f] is False)]
     if given and not first:
         fields = ", ".join(f"hyperparameters.{f}" for f in given)
         raise UploadRejected(
