@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_ingest import free_port, proc_status, start_api  # noqa: E402
+from bench_segment import wait_until_serving  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from services.cli.run import prepare  # noqa: E402
@@ -79,21 +80,6 @@ def seed_versions(settings: Settings, image_size: int) -> dict[int, int]:
     finally:
         engine.dispose()
     return {1: v1, 2: v2}
-
-
-def wait_until_serving(base: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the API exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            r = httpx.get(f"{base}/readyz", timeout=5)
-            if r.status_code == 200 and r.json()["models"].get(MODEL, "").startswith("serving"):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the API did not serve {MODEL} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 def scene_png(path: Path | None, size: tuple[int, int]) -> tuple[bytes, str]:
@@ -333,7 +319,7 @@ def run(duration: float, promote_every: float, baseline_fraction: float, clients
         proc = start_api(settings, log)
         stop, samples, phase = threading.Event(), [], {"name": "baseline"}
         try:
-            wait_until_serving(base, proc, log)
+            wait_until_serving(base, proc, log, model=MODEL)
             sampler = threading.Thread(target=sample_memory, args=(proc.pid, stop, samples, phase))
             sampler.start()
             infer = {"Authorization": f"Bearer {keys['infer']}"}

@@ -162,19 +162,21 @@ def start_api(settings: Settings, log_path: Path) -> subprocess.Popen:
         return subprocess.Popen(api_command(settings), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_until_serving(base: str, proc: subprocess.Popen, log_path: Path, timeout: float = 180) -> None:
+def wait_until_serving(base: str, proc: subprocess.Popen, log_path: Path, timeout: float = 180,
+                       model: str = MODEL) -> None:
+    """Until /readyz says ``model``'s production version is serving (raises with the log's tail)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the API exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
             r = httpx.get(f"{base}/readyz", timeout=5)
-            if r.status_code == 200 and r.json()["models"].get(MODEL, "").startswith("serving"):
+            if r.status_code == 200 and r.json()["models"].get(model, "").startswith("serving"):
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"the API did not serve the model within {timeout} s:\n{log_path.read_text()[-3000:]}")
+    raise RuntimeError(f"the API did not serve {model} within {timeout} s:\n{log_path.read_text()[-3000:]}")
 
 
 def segment(client: httpx.Client, data: bytes) -> None:
