@@ -15,6 +15,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import GlobalAdminDep, StateDep
+from api.errors import RETRY_AFTER_S
 from api.state import AppState
 from services.db.migrate import check_database
 
@@ -54,7 +55,8 @@ def _readiness(state: AppState, *, detail: bool) -> JSONResponse:
         "checks": {**checks, "model": model_note},
         "models": per_model,
     }
-    return JSONResponse(body, status_code=503 if failing else 200)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if failing else None
+    return JSONResponse(body, status_code=503 if failing else 200, headers=headers)
 
 
 def _log_changes(problems: dict[str, str | None]) -> None:

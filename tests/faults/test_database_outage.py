@@ -56,6 +56,7 @@ def test_database_down_is_503_except_healthz_and_serving_and_heals_without_resta
         assert served.status_code == 200 and served.json()["model_version"] == 1, served.text
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["failing"] == ["database"]
+        assert ready.headers["retry-after"] == "5"
         for method, path, body in NEEDS_DATABASE:
             r = call(client, admin, method, path, body)
             assert r.status_code == 503, (path, r.status_code, r.text)
