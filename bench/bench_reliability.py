@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_ingest import free_port, proc_status, start_api  # noqa: E402
-from bench_segment import wait_until_serving  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from bench_segment import street_scene, wait_until_serving  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from services.cli.run import prepare  # noqa: E402
 from services.config import Settings, load_settings  # noqa: E402
@@ -91,14 +91,8 @@ def scene_png(path: Path | None, size: tuple[int, int]) -> tuple[bytes, str]:
         im, source = Image.open(path).convert("RGB").resize(size), f"{path.name} as PNG"
     else:
         width, height = size
-        im = Image.new("RGB", size, (120, 160, 210))
-        draw = ImageDraw.Draw(im)
-        draw.rectangle([0, height * 0.6, width, height], fill=(90, 90, 90))
         rng = np.random.default_rng(0)
-        for _ in range(12):
-            x, y = rng.integers(0, width), rng.integers(int(height * 0.4), height)
-            w, h = rng.integers(20, width // 4), rng.integers(10, height // 5)
-            draw.rectangle([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        im = street_scene(width, height, rng)
         noisy = np.asarray(im, dtype=np.int16) + rng.integers(-12, 13, (height, width, 3))
         im, source = Image.fromarray(noisy.clip(0, 255).astype(np.uint8)), "synthetic scene"
     out = io.BytesIO()

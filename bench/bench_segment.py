@@ -101,16 +101,21 @@ def publish_model(settings: Settings, image_size: int, workdir: Path) -> tuple[P
     return path, key
 
 
-def test_image(width: int, height: int) -> tuple[Image.Image, bytes]:
-    """A synthetic street-like scene as JPEG bytes, and its decoded image (what the server sees)."""
+def street_scene(width: int, height: int, rng: np.random.Generator) -> Image.Image:
+    """A synthetic street-like scene: sky, road, a dozen coloured boxes."""
     im = Image.new("RGB", (width, height), (120, 160, 210))
     draw = ImageDraw.Draw(im)
     draw.rectangle([0, height * 0.6, width, height], fill=(90, 90, 90))
-    rng = np.random.default_rng(0)
     for _ in range(12):
         x, y = rng.integers(0, width), rng.integers(int(height * 0.4), height)
         w, h = rng.integers(20, width // 4), rng.integers(10, height // 5)
         draw.rectangle([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    return im
+
+
+def test_image(width: int, height: int) -> tuple[Image.Image, bytes]:
+    """A synthetic street-like scene as JPEG bytes, and its decoded image (what the server sees)."""
+    im = street_scene(width, height, np.random.default_rng(0))
     out = io.BytesIO()
     im.save(out, format="JPEG", quality=90)
     data = out.getvalue()
