@@ -11,11 +11,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services import audit
-from services.db.models import Model, ModelVersion
+from services.db.models import Model, ModelVersion, TaskStatus
 from services.db.session import session_scope
 from services.evaluation.metrics import ClassScore
 from services.jobs import lifecycle
 from services.jobs.context import JobContext
+from services.jobs.errors import TaskFinished
 from services.jobs.plan import StepPlan
 from services.learning.checkpoint import save_model
 from services.learning.classmap import channel_names
@@ -66,7 +67,11 @@ def _recorded_hyperparameters(plan: StepPlan) -> dict[str, Any]:
 
 def _record(session: Session, ctx: JobContext, plan: StepPlan, version: int, key: str, digest: str, size: int,
             scores: Mapping[int, ClassScore], method: str) -> int:
-    task = lifecycle.get_task(session, plan.task_id)
+    task = lifecycle.get_task(session, plan.task_id, for_update=True)
+    if task.status != TaskStatus.RUNNING:
+        # Failed or cancelled meanwhile (by another attempt, or a cancel): its classes and indices
+        # were released and may belong to a newer task now, so this result must not be recorded.
+        raise TaskFinished(f"task {plan.task_id} is {task.status} already: its result is not recorded")
     # Locked now, so the policy (which locks it again) and the audit event see the same production.
     production = get_alias(session, plan.model_id, PRODUCTION, for_update=True)
     row, decision = record_version(

@@ -8,6 +8,7 @@ import pytest
 from services.db.models import Alias, SemanticClass, Task, TaskStatus
 from services.db.session import make_engine, make_session_factory, session_scope
 from services.jobs.context import JobContext
+from services.jobs.errors import TaskFinished
 from services.jobs.plan import StepPlan
 from services.jobs.record import record_step
 from services.jobs.spec import ResolvedSpec
@@ -69,6 +70,20 @@ def test_a_step_that_cannot_be_recorded_leaves_no_checkpoint_behind(ctx, models)
     assert list(ctx.store.list("models/")) == []
     with ctx.sessions() as s:
         assert s.get(Task, task_id).model_version is None
+
+
+def test_an_attempt_that_finishes_after_its_task_failed_records_nothing(ctx, models):
+    """Another attempt failed the task meanwhile: its class indices were released and may be a newer
+    task's now, so this attempt's result is dropped, with its checkpoint."""
+    task_id = add_task(ctx, models["a"], (0, "background"), (1, "cat"))
+    with session_scope(ctx.sessions) as s:
+        s.get(Task, task_id).status = TaskStatus.FAILED
+    with pytest.raises(TaskFinished, match="is failed already"):
+        record_step(ctx, plan_for(models["a"], task_id, {0: "background", 1: "cat"}),
+                    build_model("lraspp_mobilenet_v3_large", 2), {}, "ft")
+    assert list(ctx.store.list("models/")) == []
+    with ctx.sessions() as s:
+        assert (s.get(Task, task_id).status, s.get(Task, task_id).model_version) == (TaskStatus.FAILED, None)
 
 
 def test_each_model_numbers_and_stores_its_versions_apart(ctx, models):
