@@ -1,10 +1,10 @@
 """The workers' outbox relay: a bootstep of the worker's main process that sends owed training
 messages every ``outbox_relay_s`` (``services.jobs.outbox``), for as long as the worker lives.
 
-It runs on the worker's own timer (the main process's event loop), not in a thread of ours: the
-prefork pool forks children from that process at any time, and a fork must never copy a lock a
-thread of ours holds. Its engine has no pool (a connection per pass), so a child forked in between
-inherits no open connection of the parent's.
+It runs on the worker's own timer (the main process's event loop with Redis, Celery's timer
+thread with the filesystem broker), not in a thread of ours. Its engine has no pool (a connection
+per pass), so a pool child forked in between inherits no open connection of the parent's, and a
+connect timeout, so a database that does not answer cannot hold the worker's timer for long.
 """
 
 from __future__ import annotations
@@ -30,28 +30,24 @@ class OutboxRelay(bootsteps.StartStopStep):
     def __init__(self, worker, **kwargs) -> None:
         super().__init__(worker, **kwargs)
         self.tref = None
-        self.sessions = None
+        self.relay: outbox.Relay | None = None
         self.problem: str | None = None
 
     def start(self, worker) -> None:
         settings = get_settings()
-        self.sessions = make_session_factory(make_engine(settings, poolclass=NullPool))
-        self.tref = worker.timer.call_repeatedly(settings.outbox_relay_s, self.tick, (worker.app, settings))
+        connect_args = {} if settings.effective_database_url.startswith("sqlite") else {"connect_timeout": 3}
+        sessions = make_session_factory(make_engine(settings, poolclass=NullPool, connect_args=connect_args))
+        self.relay = outbox.Relay(sessions, lambda task_id: _send(worker.app, settings, task_id))
+        self.tref = worker.timer.call_repeatedly(settings.outbox_relay_s, self.tick)
 
     def stop(self, worker) -> None:
         if self.tref is not None:
             self.tref.cancel()
             self.tref = None
 
-    def tick(self, app, settings) -> None:
-        def send(task_id: str) -> None:
-            try:
-                app.send_task(TRAIN_TASK, args=[task_id], queue=settings.training_queue, retry=False)
-            except Exception as err:
-                raise BrokerUnavailable(f"{type(err).__name__}: {err}") from err
-
+    def tick(self) -> None:
         try:
-            outbox.relay(self.sessions, send)
+            self.relay.run_once()
             self.problem = None
         except (Unavailable, *CONNECTION_ERRORS) as err:  # once per distinct problem, not every tick
             if str(err) != self.problem:
@@ -59,3 +55,10 @@ class OutboxRelay(bootsteps.StartStopStep):
             self.problem = str(err)
         except Exception:  # never let the relay take the worker down
             log.exception("outbox relay failed")
+
+
+def _send(app, settings, task_id: str) -> None:
+    try:
+        app.send_task(TRAIN_TASK, args=[task_id], queue=settings.training_queue, retry=False)
+    except Exception as err:
+        raise BrokerUnavailable(f"{type(err).__name__}: {err}") from err

@@ -81,3 +81,19 @@ def test_a_running_task_whose_worker_died_is_owed_again_once_per_stale_period(se
     broker = Broker()
     assert outbox.relay(sessions, broker) == [ids[0]]
     assert outbox.relay(sessions, broker) == []  # just sent: not again before STALE_AFTER
+
+
+def test_a_remote_holder_is_judged_by_its_heartbeat_only_after_the_database_was_reachable(sessions, model):
+    """After a database outage every heartbeat is stale, the living workers' too: a relay that has
+    not reached the database for STALE_AFTER does not take another machine's silence for death."""
+    with session_scope(sessions) as s:
+        task = add_task(s, model, status=TaskStatus.RUNNING)
+        task.dispatched_at = utcnow() - STALE_AFTER - timedelta(seconds=1)
+        s.add(WorkerHeartbeat(hostname="another-machine:7", pid=7, queue="q",
+                              last_seen=utcnow() - STALE_AFTER - timedelta(seconds=1), current_task_id=task.id))
+        task_id = task.id
+    broker = Broker()
+    fresh = outbox.Relay(sessions, broker)  # just (re)connected
+    assert fresh.run_once() == []
+    fresh.reachable_since -= STALE_AFTER.total_seconds()  # ... and reachable for STALE_AFTER since
+    assert fresh.run_once() == [task_id]
