@@ -142,7 +142,9 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id:
         stored = _store_all(store, items, keys)
         with session_scope(sessions) as session:
             _record(session, model_id, task_id, spec, stored, idempotency_key, received.sha256, actor)
-            staging.unstage(session, prefix)
+            if not staging.unstage(session, prefix):  # swept as debris meanwhile: its objects may be gone
+                raise RegistrationConflict("the upload took too long to be recorded and was cleaned up; "
+                                           "send it again")
         return Registration(task_id, created=True)
     except _Replayed as race:  # a concurrent request with the same key committed first
         staging.discard(sessions, store, prefix)

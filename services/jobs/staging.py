@@ -36,9 +36,10 @@ def stage(sessions: sessionmaker[Session], prefix: str) -> None:
         session.add(StagedUpload(prefix=prefix, owner=worker_name(), started_at=utcnow()))
 
 
-def unstage(session: Session, prefix: str) -> None:
-    """The objects under ``prefix`` now belong to committed rows (in the caller's transaction)."""
-    session.execute(delete(StagedUpload).where(StagedUpload.prefix == prefix))
+def unstage(session: Session, prefix: str) -> bool:
+    """The objects under ``prefix`` now belong to committed rows (in the caller's transaction).
+    False when there was no record: the sweep took it (and may have deleted the objects)."""
+    return session.execute(delete(StagedUpload).where(StagedUpload.prefix == prefix)).rowcount > 0
 
 
 def discard(sessions: sessionmaker[Session], store: ObjectStore, prefix: str) -> None:
