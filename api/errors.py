@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from services.db.errors import CONNECTION_ERRORS, DatabaseUnavailable
+from services.db.errors import CONNECTION_ERRORS, DatabaseUnavailable, is_outage
 from services.errors import (
     Conflict,
     InvalidInput,
@@ -68,7 +68,11 @@ def _unavailable(err: Unavailable) -> JSONResponse:
 
 
 async def _database_down(request: Request, err: Exception) -> JSONResponse:
-    """The driver's own connection errors, wherever a route met them (mid-request included)."""
+    """The driver's own connection errors, wherever a route met them (mid-request included); the
+    same exception types for a fault of ours (a missing table) are a 500."""
+    if not is_outage(err):
+        log.error("database error on %s %s", request.method, request.url.path, exc_info=err)
+        return await _server_fault(request, err)
     return _unavailable(DatabaseUnavailable(f"{type(err).__name__}: {err}"))
 
 

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from services.db.errors import CONNECTION_ERRORS
+from services.db.errors import CONNECTION_ERRORS, is_outage
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -35,8 +35,8 @@ class LastKnown(Generic[K, V]):
         the value remembered for ``key`` if recent enough, else the connection error."""
         try:
             value = lookup()
-        except CONNECTION_ERRORS:
-            remembered = self._recall(key)
+        except CONNECTION_ERRORS as err:
+            remembered = self._recall(key) if is_outage(err) else None
             if remembered is None:
                 raise
             return remembered
