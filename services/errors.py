@@ -50,6 +50,18 @@ class Unavailable(StrataError):
     dependency: str | None = None
 
 
+def dependency_of(err: BaseException) -> str | None:
+    """The dependency an error (or an error it was raised from) says is down, or None."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Unavailable) and current.dependency:
+            return current.dependency
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
     """Pydantic's errors as one sentence, each prefixed by where it is ("hyperparameters.lr: ...")."""
     return "; ".join(_describe(e) for e in errors)

@@ -43,6 +43,6 @@ class PixelBudget:
         try:
             yield
         finally:
+            self.in_flight -= share  # at once (no await before it): a cancelled request cannot keep its share
             async with self._changed:
-                self.in_flight -= share
                 self._changed.notify_all()

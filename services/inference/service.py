@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.config import Settings
 from services.db.models import Model, ModelVersion
+from services.errors import dependency_of
 from services.inference.batcher import DynamicBatcher
 from services.inference.errors import ModelLoadError, ModelUnavailable, NoModelYet, NoProductionVersion
 from services.inference.predictor import Predictor, VersionSpec
@@ -373,6 +374,8 @@ class InferenceService:
         except Exception as err:
             message = str(err) if isinstance(err, ModelLoadError) else f"model version {spec.version}: {err}"
             log.error("cannot load model %r %s", spec.model_name, message)
+            if dependency := dependency_of(err):  # what a caller sees: which server, not where it lives
+                message = f"model version {spec.version} cannot be loaded now: {dependency} unavailable"
             with self._lock:
                 self._loading.pop(key, None)
                 self._failed[key] = (time.monotonic(), message)

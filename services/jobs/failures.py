@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from services.errors import dependency_of
+
 # "Traceback (most recent call last):" (also "Original Traceback ..." from a DataLoader worker)
 # starts a block of indented frame lines; the unindented line after it is the error: kept.
 _TRACEBACK = re.compile(r"^.*Traceback \(most recent call last\):\s*$")
@@ -19,6 +21,14 @@ _CHAINING = re.compile(r"^(During handling of the above exception|The above exce
 # "./x", "http://h/p" stay), then directories, then the last segment, which is kept.
 _SEGMENT = r"[^\s/'\"`<>|:;,()\[\]{}]+"
 _ABSOLUTE_PATH = re.compile(rf"(?<![\w.~/:-])/(?:{_SEGMENT}/)+({_SEGMENT})")
+
+
+def describe(err: BaseException) -> str:
+    """What a task that failed with ``err`` shows: its type and message; for a dependency that was
+    down, which one only (its address and the driver's words stay in the worker's log)."""
+    if dependency := dependency_of(err):
+        return f"{type(err).__name__}: {dependency} unavailable (the worker's log has the details)"
+    return f"{type(err).__name__}: {err}"
 
 
 def public_error(message: str) -> str:

@@ -18,6 +18,7 @@ from services.jobs.claim import Claim, claim
 from services.jobs.context import JobContext
 from services.jobs.datasets import class_scores, scoring_sets, train_set
 from services.jobs.errors import NotReady
+from services.jobs.failures import describe
 from services.jobs.heartbeats import Heartbeat, record_heartbeat
 from services.jobs.plan import StepPlan, build_plan
 from services.jobs.progress import CancelCheck, ProgressWriter
@@ -58,7 +59,7 @@ def run_training_task(ctx: JobContext, task_id: str) -> str:
             return f"task {task_id} cancelled"
         except Exception as err:
             log.exception("task %s failed", task_id)
-            _end(ctx, result.model_id, task_id, failed=f"{type(err).__name__}: {err}")
+            _end(ctx, result.model_id, task_id, failed=describe(err))
             return f"task {task_id} failed: {err}"
     _clean_up(ctx, result.model_id, task_id)
     return f"task {task_id} produced version {version}"

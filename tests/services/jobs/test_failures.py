@@ -76,3 +76,19 @@ def test_a_failed_task_shows_no_worker_path_and_the_log_keeps_the_traceback(prep
     assert view.status == "failed" and view.error.startswith("ObjectNotFound: no object 'models/")
     assert str(prepared.data_dir) not in view.error and str(tmp_path) not in view.error
     assert "Traceback" in caplog.text and "ObjectNotFound" in caplog.text
+
+
+def test_a_dependency_that_was_down_is_named_not_located():
+    from services.jobs.failures import describe
+    from services.storage import StorageUnavailable
+
+    down = StorageUnavailable("downloading 'x' failed: cannot reach S3 endpoint http://10.0.0.5:9000 (bucket prod)")
+    assert describe(down) == "StorageUnavailable: object store unavailable (the worker's log has the details)"
+    try:
+        try:
+            raise down
+        except StorageUnavailable as cause:
+            raise RuntimeError("could not fetch the dataset") from cause
+    except RuntimeError as err:
+        assert describe(err) == "RuntimeError: object store unavailable (the worker's log has the details)"
+    assert describe(ValueError("lr must be positive")) == "ValueError: lr must be positive"
