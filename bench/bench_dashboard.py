@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
-from bench_ingest import free_port, start_api, wait_healthy  # noqa: E402
+from bench_ingest import free_port, start_api, stop_api, wait_healthy  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from services.auth import create_key  # noqa: E402
@@ -113,8 +113,7 @@ def run(sizes: list[int], repeats: int) -> list[dict]:
                       flush=True)
         finally:
             browser.close()
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_api(proc)
     return rows
 
 

@@ -140,6 +140,15 @@ def start_api(settings: Settings, log: Path) -> subprocess.Popen:
         return subprocess.Popen(api_command(settings), env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
+def stop_api(proc: subprocess.Popen) -> None:
+    """SIGTERM (uvicorn shuts down gracefully), SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def wait_healthy(client: httpx.Client, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -182,11 +191,7 @@ def run(split: Path, mode: str, copies: int, repeats: int) -> dict:
                 post_task(client, {"classes": [f"warm-up {n}" for n in names], "epochs": 1}, small)
                 result = measure(client, proc.pid, work / "bare", parts, names, repeats)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_api(proc)
     return {"mode": mode, "images": len(loose) // 2, "repeats": repeats, **result}
 
 

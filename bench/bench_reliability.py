@@ -34,7 +34,6 @@ import io
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,7 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_ingest import free_port, proc_status, start_api  # noqa: E402
+from bench_ingest import free_port, proc_status, start_api, stop_api  # noqa: E402
 from bench_segment import street_scene, wait_until_serving  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -331,11 +330,7 @@ def run(duration: float, promote_every: float, baseline_fraction: float, clients
             api_log = log.read_text(errors="replace")
         finally:
             stop.set()
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_api(proc)
     return {
         "loadavg_1min": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
         "flavour": "embedded (SQLite + local object store)", "clients": clients, "image_size": image_size,

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_ingest import stop_api  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from services.cli.processes import api_command  # noqa: E402
@@ -268,11 +269,7 @@ def run(image_size: int = 256, input_size: tuple[int, int] = (480, 360), request
             after_sum, after_count = batch_sizes(base)
         finally:
             bare.close()
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_api(proc)
     return report(image_size, input_size, requests, clients, rounds, seconds, max_wait_ms, bare_ms, served_ms,
                   bare_ips, served_rps, (after_sum - batch_sum) / max(after_count - batch_count, 1))
 

@@ -4,19 +4,13 @@ started as a process the way ``strata api`` starts it, its log read back."""
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from api.access_log import ACCESS_LOGGER, RedactSecrets, install_access_log_redaction, redact
-from tests.conftest import free_port
+from tests.servers import ApiProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "strata_" + "k3Y" * 14  # shaped like a generated key
 
 
@@ -61,30 +55,10 @@ def test_the_filter_rewrites_uvicorn_records_before_they_are_formatted():
 
 def test_the_api_process_logs_no_key_sent_in_a_url(prepared, tmp_path):
     """The API as ``strata api`` starts it (uvicorn's own logging set-up, access log on)."""
-    from services.cli.processes import api_command
-    from services.config import settings_env
-
-    settings = prepared.model_copy(update={"port": free_port()})
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}, **settings_env(settings)}
     log = tmp_path / "api.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(api_command(settings), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{settings.port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        assert httpx.get(f"{url}/models?key={KEY}&limit=1", timeout=10).status_code == 401
-        assert httpx.get(f"{url}/healthz?access_token=plain-secret&x=1", timeout=10).status_code == 200
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    with ApiProcess(prepared, log) as api:
+        assert httpx.get(f"{api.url}/models?key={KEY}&limit=1", timeout=10).status_code == 401
+        assert httpx.get(f"{api.url}/healthz?access_token=plain-secret&x=1", timeout=10).status_code == 200
     text = log.read_text()
     assert "GET /models?key=***&limit=1 HTTP/1.1" in text and "GET /healthz?access_token=***&x=1" in text, text
     assert KEY not in text and KEY[7:] not in text and "plain-secret" not in text

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from services.db.base import utcnow
 from services.db.models import ModelVersion, SemanticClass, Task, TaskStatus, WorkerHeartbeat
 from services.db.session import session_scope
@@ -14,19 +12,6 @@ from services.jobs.claim import Claim, claim, resolve_parent
 from services.jobs.lifecycle import fail
 from services.jobs.plan import build_plan
 from services.jobs.registration import latest_pending
-from services.registry.models import create_model
-
-
-@pytest.fixture
-def models(sessions) -> dict[str, int]:
-    """Two models, "a" and "b": their ids by name."""
-    with session_scope(sessions) as s:
-        return {name: create_model(s, name).id for name in ("a", "b")}
-
-
-@pytest.fixture
-def model(models) -> int:
-    return models["a"]
 
 
 def add_task(s, model_id: int, status=TaskStatus.QUEUED, after=None, parent=None, **spec) -> Task:

@@ -13,7 +13,7 @@ from services.db.models import Task, TaskStatus, WorkerHeartbeat
 from services.db.session import session_scope
 from services.jobs import outbox
 from services.jobs.heartbeats import STALE_AFTER
-from tests.services.jobs.test_claim import add_task, live_worker_holds, model, models  # noqa: F401
+from tests.services.jobs.test_claim import add_task, live_worker_holds
 
 
 class Broker:
