@@ -2,12 +2,14 @@
 
 The API, the worker and a migration job may all run ``upgrade`` at the same time. On Postgres
 each takes the same session-level advisory lock before Alembic reads ``alembic_version``, so
-one migrates and the others then find the schema at head. On SQLite the migration transaction
-starts with ``BEGIN IMMEDIATE`` (see session.py), which serialises them the same way.
+one migrates and the others then find the schema at head. On SQLite they take an exclusive lock
+on ``<database>.migrate-lock`` the same way (and the migration transaction starts with
+``BEGIN IMMEDIATE``, see session.py).
 """
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -126,7 +128,13 @@ def _create_sqlite_dir(url: str) -> None:
 
 @contextmanager
 def _schema_lock(conn: Connection) -> Iterator[None]:
-    """On Postgres, hold the advisory lock for the block; elsewhere nothing (see module doc)."""
+    """On Postgres, hold the advisory lock for the block; on SQLite an exclusive lock on a file
+    beside the database (its processes share a machine), besides ``BEGIN IMMEDIATE``: with several
+    revisions to run, concurrent upgrades were seen to collide ("table ... already exists")."""
+    if conn.dialect.name == "sqlite":
+        with _sqlite_file_lock(conn):
+            yield
+        return
     if conn.dialect.name != "postgresql":
         yield
         return
@@ -139,6 +147,17 @@ def _schema_lock(conn: Connection) -> Iterator[None]:
             conn.rollback()  # a failed migration leaves an aborted transaction behind
         conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
         conn.commit()
+
+
+@contextmanager
+def _sqlite_file_lock(conn: Connection) -> Iterator[None]:
+    database = conn.engine.url.database
+    if database in (None, "", ":memory:"):
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def check_database(engine: Engine) -> str:
