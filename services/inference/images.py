@@ -21,7 +21,8 @@ from services.registry.classes import class_colour
 
 # zlib level 1: a mask is mostly long runs, so it is nearly as small as at level 6 and much faster.
 PNG_COMPRESS_LEVEL = 1
-_PALETTE = bytes(c for i in range(256) for c in (class_colour(i) if i != IGNORE_INDEX else (255, 255, 255)))
+# Every mask's colours (R, G, B for indices 0..255): the classes' legend colours, ignore (255) white.
+MASK_PALETTE = bytes(c for i in range(256) for c in (class_colour(i) if i != IGNORE_INDEX else (255, 255, 255)))
 
 
 def decode_image(data: bytes | BinaryIO, max_pixels: int, name: str = "image") -> Image.Image:
@@ -58,7 +59,7 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     if mask.dtype != np.uint8 or mask.ndim != 2:
         raise ValueError(f"a mask is uint8 [H, W], got {mask.dtype} {list(mask.shape)}")
     im = Image.frombytes("P", (mask.shape[1], mask.shape[0]), np.ascontiguousarray(mask).tobytes())
-    im.putpalette(_PALETTE)
+    im.putpalette(MASK_PALETTE)
     out = io.BytesIO()
     im.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return out.getvalue()
