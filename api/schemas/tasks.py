@@ -18,6 +18,8 @@ class TaskCreate(TaskSpec):
         {"classes": ["car", "person"], "epochs": 30, "mask_format": "index"},
         {"classes": ["bicycle"], "mask_format": "palette", "palette": {"bicycle": [0, 128, 192], "car": [64, 0, 128]},
          "also_labelled": ["car"], "hyperparameters": {"lr": 0.001, "lambda_d": 10}},
+        {"classes": ["car", "person"], "format": "cvat_mask", "other_labels": "ignore"},
+        {"classes": ["car"], "also_labelled": ["road"], "format": "coco"},
     ]})
 
 
@@ -42,6 +44,23 @@ class ItemCounts(BaseModel):
     val: int
 
 
+class ImportIssue(BaseModel):
+    kind: str = Field(description="no_new_classes | empty_masks | unknown_labels | unknown_colours | "
+                                  "overlaps_resolved | unused_files")
+    message: str = Field(description="What the kind means.")
+    count: int = Field(description="Images (or files) concerned.")
+    examples: list[str] = Field(description="The first few of them, by stem (or archive path).")
+    labels: dict[str, int] | None = Field(None, description="unknown_labels, unknown_colours: images per label.")
+    pixels: int | None = Field(None, description="Pixels concerned, where counted (overlaps, unknown labels).")
+
+
+class ImportReportPublic(BaseModel):
+    format: str = Field(description="The format the upload was read as.")
+    images: int
+    class_images: dict[str, int] = Field(description="Images whose mask shows each class (new and also_labelled).")
+    issues: list[ImportIssue]
+
+
 class TaskPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -62,6 +81,8 @@ class TaskPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     items: ItemCounts
+    import_report: ImportReportPublic | None = Field(
+        None, description="What reading the upload found (tasks registered before reports existed: null).")
 
 
 def upload_openapi() -> dict[str, Any]:

@@ -1,9 +1,11 @@
-"""Unpacking an uploaded zip of ``images/`` and ``masks/`` without trusting it.
+"""Unpacking an uploaded zip without trusting it.
 
 Every entry is checked before a byte is extracted (no absolute path, no ``..``, no symlink or
-other special file, nothing outside ``images/`` and ``masks/``, no encryption, declared sizes
-within the limit), then entries are streamed out one chunk at a time while the bytes actually
-produced are counted, so a zip bomb is stopped at the limit however its headers lie.
+other special file, no encryption, declared sizes within the limit), then entries are streamed
+out one chunk at a time while the bytes actually produced are counted, so a zip bomb is stopped at
+the limit however its headers lie. ``open_archive`` checks and extracts any layout (the annotation
+tools' exports, services/data/formats/); ``unpack`` is the ``images/`` + ``masks/`` layout, whose
+stray entries are refused before anything is extracted.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import re
 import stat
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,26 +40,62 @@ class ArchiveLimits:
 
 
 def unpack(archive: ReceivedFile, dest: Path, limits: ArchiveLimits) -> dict[str, list[ReceivedFile]]:
-    """Extract the archive's files into ``dest``; {"images": [...], "masks": [...]}, each file
-    named by its path in the archive (``images/0001.jpg``) so errors can point at it."""
-    limit = limits.for_archive(archive.size)
+    """Extract an ``images/`` + ``masks/`` archive into ``dest``; {"images": [...], "masks": [...]},
+    each file named by its path in the archive (``images/0001.jpg``) so errors can point at it."""
+    with open_archive(archive, limits) as opened:
+        for name in opened.entries:
+            check_masks_layout(name)
+        found: dict[str, list[ReceivedFile]] = {folder: [] for folder in FOLDERS}
+        for name, received in opened.extract(dest).items():
+            found[name.split("/", 1)[0]].append(received)
+    return found
+
+
+def check_masks_layout(name: str) -> None:
+    """Refuse an entry of an ``images/`` + ``masks/`` archive that is not directly in one of them."""
+    parts = name.rstrip("/").split("/")
+    if name.endswith("/"):
+        if len(parts) != 1 or parts[0] not in FOLDERS:
+            raise UploadRejected(f"archive entry {name!r} is outside images/ and masks/")
+        return
+    if len(parts) != 2 or parts[0] not in FOLDERS or parts[1] in ("", "."):
+        where = "nested inside" if len(parts) > 2 and parts[0] in FOLDERS else "outside"
+        raise UploadRejected(
+            f"archive entry {name!r} is {where} images/ and masks/: put files directly in those two folders")
+
+
+class OpenedArchive:
+    """A zip whose entries all passed the safety checks; ``entries``: every name, folders too
+    (ending in ``/``), in archive order."""
+
+    def __init__(self, zf: zipfile.ZipFile, name: str, limit: int) -> None:
+        self._zf, self.name, self.limit = zf, name, limit
+        self._infos = _checked_entries(zf, name, limit)
+        self.entries = [entry for _, entry in self._infos]
+
+    def extract(self, dest: Path) -> dict[str, ReceivedFile]:
+        """Every file entry, streamed to ``dest`` under a generated name: {archive path: file}."""
+        dest.mkdir(parents=True, exist_ok=True)
+        out: dict[str, ReceivedFile] = {}
+        written = 0
+        for i, (info, name) in enumerate(self._infos):
+            if not info.is_dir():
+                out[name], written = _extract(self._zf, info, name, dest / f"entry-{i:06d}", written, self.limit)
+        return out
+
+
+@contextmanager
+def open_archive(archive: ReceivedFile, limits: ArchiveLimits) -> Iterator[OpenedArchive]:
     try:
         zf = zipfile.ZipFile(archive.path)
     except (zipfile.BadZipFile, OSError) as err:
         raise UploadRejected(f"archive {archive.name!r} is not a readable zip file: {err}") from None
     with zf:
-        entries = _checked_entries(zf, archive.name, limit)
-        dest.mkdir(parents=True, exist_ok=True)
-        found: dict[str, list[ReceivedFile]] = {folder: [] for folder in FOLDERS}
-        written = 0
-        for i, (info, name, folder) in enumerate(entries):
-            received, written = _extract(zf, info, name, dest / f"entry-{i:06d}", written, limit)
-            found[folder].append(received)
-    return found
+        yield OpenedArchive(zf, archive.name, limits.for_archive(archive.size))
 
 
-def _checked_entries(zf: zipfile.ZipFile, archive_name: str, limit: int) -> list[tuple[zipfile.ZipInfo, str, str]]:
-    """(info, normalised name, folder) of every file entry, after checking them all."""
+def _checked_entries(zf: zipfile.ZipFile, archive_name: str, limit: int) -> list[tuple[zipfile.ZipInfo, str]]:
+    """(info, normalised name) of every entry, after checking them all."""
     infos = zf.infolist()
     if len(infos) > MAX_ENTRIES:
         raise UploadRejected(f"archive {archive_name!r} has {len(infos)} entries; the limit is {MAX_ENTRIES}")
@@ -66,9 +106,7 @@ def _checked_entries(zf: zipfile.ZipFile, archive_name: str, limit: int) -> list
         if name in seen:
             raise UploadRejected(f"archive entry {name!r} appears twice")
         seen.add(name)
-        if info.is_dir():
-            continue
-        entries.append((info, name, name.split("/", 1)[0]))
+        entries.append((info, name))
         declared += info.file_size
         if declared > limit:
             raise _too_large(limit)
@@ -88,14 +126,6 @@ def _check_entry(info: zipfile.ZipInfo, name: str) -> None:
         raise UploadRejected(f"archive entry {name!r} is not a regular file")
     if info.flag_bits & 0x1:
         raise UploadRejected(f"archive entry {name!r} is encrypted")
-    if info.is_dir():
-        if len(parts) != 1 or parts[0] not in FOLDERS:
-            raise UploadRejected(f"archive entry {name!r} is outside images/ and masks/")
-        return
-    if len(parts) != 2 or parts[0] not in FOLDERS or parts[1] in ("", "."):
-        where = "nested inside" if len(parts) > 2 and parts[0] in FOLDERS else "outside"
-        raise UploadRejected(
-            f"archive entry {name!r} is {where} images/ and masks/: put files directly in those two folders")
 
 
 def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, path: Path,

@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -56,6 +57,26 @@ class Pair:
     stem: str
     image: ReceivedFile
     mask: ReceivedFile
+
+
+class MaskSource(Protocol):
+    """An image's mask, produced when asked (one image in memory at a time). ``name``: how messages
+    name it (the mask file, or the annotation file and image)."""
+
+    name: str
+
+    def local_values(self, size: tuple[int, int], image_name: str) -> np.ndarray:
+        """uint8 [H, W] local index values for an image of ``size`` (width, height)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Sample:
+    """An image to store and where its mask comes from."""
+
+    stem: str
+    image: ReceivedFile
+    mask: MaskSource
 
 
 @dataclass(frozen=True)
@@ -153,10 +174,13 @@ class MaskFormat:
 
     def to_local(self, f: ReceivedFile, size: tuple[int, int], image_name: str) -> np.ndarray:
         """The mask as local index values, uint8 [H, W]; checks format, size and values."""
-        with _open_mask(f, size, image_name) as im:
+        with open_mask(f, size, image_name) as im:
             if self.palette is None:
                 return self._index_values(f.name, im)
             return self._palette_values(f.name, im)
+
+    def samples(self, pairs: Sequence[Pair]) -> list[Sample]:
+        return [Sample(p.stem, p.image, _MaskFile(self, p.mask)) for p in pairs]
 
     def _index_values(self, name: str, im: Image.Image) -> np.ndarray:
         if im.mode not in ("L", "P"):
@@ -175,8 +199,7 @@ class MaskFormat:
 
     def _palette_values(self, name: str, im: Image.Image) -> np.ndarray:
         assert self.palette is not None
-        rgb = _as_rgb(name, im)
-        codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+        codes = rgb_codes(as_rgb(name, im))
         colours, inverse = np.unique(codes, return_inverse=True)
         by_code = {(r << 16) | (g << 8) | b: k for k, cls in enumerate(self.local_names, start=1)
                    for r, g, b in [self.palette[cls]]}
@@ -192,7 +215,22 @@ class MaskFormat:
         return lut[inverse.reshape(codes.shape)]
 
 
-def _open_mask(f: ReceivedFile, size: tuple[int, int], image_name: str) -> Image.Image:
+@dataclass(frozen=True)
+class _MaskFile:
+    """A mask file of an ``images/`` + ``masks/`` upload, read as its task's ``MaskFormat`` says."""
+
+    fmt: MaskFormat
+    file: ReceivedFile
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    def local_values(self, size: tuple[int, int], image_name: str) -> np.ndarray:
+        return self.fmt.to_local(self.file, size, image_name)
+
+
+def open_mask(f: ReceivedFile, size: tuple[int, int], image_name: str) -> Image.Image:
     what = f"mask {f.name!r}"
     with decoding(what, not_image=UploadRejected, too_large=UploadRejected):
         im = Image.open(f.path)
@@ -207,7 +245,18 @@ def _open_mask(f: ReceivedFile, size: tuple[int, int], image_name: str) -> Image
     return im
 
 
-def _as_rgb(name: str, im: Image.Image) -> np.ndarray:
+def rgb_codes(rgb: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] colours -> int32 [H, W] codes (r << 16 | g << 8 | b), one number per colour."""
+    return (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+
+
+def read_rgb_mask(f: ReceivedFile, size: tuple[int, int], image_name: str) -> np.ndarray:
+    """uint8 [H, W, 3]: a colour mask PNG of the image ``image_name`` of ``size``."""
+    with open_mask(f, size, image_name) as im:
+        return as_rgb(f.name, im)
+
+
+def as_rgb(name: str, im: Image.Image) -> np.ndarray:
     """uint8 [H, W, 3] colours of an RGB, palette (P) or fully opaque RGBA mask."""
     if im.mode == "RGB":
         return np.asarray(im)
@@ -222,24 +271,27 @@ def _as_rgb(name: str, im: Image.Image) -> np.ndarray:
 
 
 # --- the whole dataset ----------------------------------------------------------------------------
-def prepare_item(pair: Pair, fmt: MaskFormat, max_pixels: int, out_dir: Path) -> PreparedItem:
-    """Validate one pair and write its mask in local index form to ``out_dir/{stem}.png``."""
-    ext, width, height = inspect_image(pair.image, max_pixels)
-    values = fmt.to_local(pair.mask, (width, height), pair.image.name)
+def prepare_item(sample: Sample, max_pixels: int, out_dir: Path) -> PreparedItem:
+    """Validate one sample and write its mask in local index form to ``out_dir``."""
+    ext, width, height = inspect_image(sample.image, max_pixels)
+    values = sample.mask.local_values((width, height), sample.image.name)
+    if values.shape != (height, width):  # an importer's own check failed to catch it
+        raise UploadRejected(f"{sample.mask.name}: the mask is {values.shape[1]}x{values.shape[0]} but its image "
+                             f"{sample.image.name!r} is {width}x{height}")
     out_dir.mkdir(parents=True, exist_ok=True)
     # Named by a digest of the stem: stems may hold characters this filesystem dislikes.
-    mask_path = out_dir / f"mask-{hashlib.sha1(pair.stem.encode()).hexdigest()}.png"
+    mask_path = out_dir / f"mask-{hashlib.sha1(sample.stem.encode()).hexdigest()}.png"
     Image.fromarray(values).save(mask_path, format="PNG")  # uint8 [H, W] -> mode L
     labels = frozenset(int(v) for v in np.unique(values) if v not in (BACKGROUND_INDEX, IGNORE_INDEX))
-    return PreparedItem(pair.stem, pair.image, ext, width, height, mask_path, labels)
+    return PreparedItem(sample.stem, sample.image, ext, width, height, mask_path, labels)
 
 
-def unlabelled_classes(items: Sequence[PreparedItem], fmt: MaskFormat, names: Sequence[str]) -> list[str]:
-    """Those of ``names`` (local classes of ``fmt``) that no mask of ``items`` shows."""
+def unlabelled_classes(items: Sequence[PreparedItem], local_names: Sequence[str], names: Sequence[str]) -> list[str]:
+    """Those of ``names`` (among ``local_names``, in mask-value order) that no mask of ``items`` shows."""
     shown = frozenset().union(*(item.labels for item in items))
-    return [name for k, name in enumerate(fmt.local_names, start=1) if name in names and k not in shown]
+    return [name for k, name in enumerate(local_names, start=1) if name in names and k not in shown]
 
 
-def prepare_items(pairs: Sequence[Pair], fmt: MaskFormat, max_pixels: int, out_dir: Path) -> list[PreparedItem]:
-    """Validate every pair (one image in memory at a time); the first bad file rejects the upload."""
-    return [prepare_item(p, fmt, max_pixels, out_dir) for p in pairs]
+def prepare_items(samples: Sequence[Sample], max_pixels: int, out_dir: Path) -> list[PreparedItem]:
+    """Validate every sample (one image in memory at a time); the first bad file rejects the upload."""
+    return [prepare_item(s, max_pixels, out_dir) for s in samples]

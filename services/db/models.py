@@ -144,6 +144,9 @@ class Task(Base):
     # The outbox: NULL while the task's broker message is owed (sent after the commit, or by the
     # relay once the broker is back); see services/jobs/outbox.py.
     dispatched_at: Mapped[datetime | None]
+    # What reading the upload found: its format, images per class, and issues such as images
+    # without a new class or labels the spec does not name (services/data/formats/base.py).
+    import_report: Mapped[dict[str, Any] | None]
 
     items: Mapped[list[DatasetItem]] = relationship(
         back_populates="task", cascade="all, delete-orphan", passive_deletes=True, order_by="DatasetItem.id"

@@ -1,7 +1,8 @@
 """Registering a training task of a model with its data, all or nothing (``POST /models/{name}/tasks``).
 
-Order: replay check (``Idempotency-Key``), spec, class names against the model's classes, every
-file validated (images decoded, masks converted to local index form) -- and only then the bytes are
+Order: replay check (``Idempotency-Key``), spec, class names against the model's classes, the upload
+read in its format (services/data/formats/), every file validated (images decoded, masks converted to
+local index form, the import's report written) -- and only then the bytes are
 stored under ``models/{model_id}/datasets/{task_id}/`` and ONE transaction writes the task, its
 classes and its dataset items. If anything fails after the first byte was stored, the task's prefix is deleted
 and the transaction rolled back: a rejected request leaves no rows and no objects behind (if the store
@@ -26,19 +27,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from services import audit
 from services.auth import Caller
 from services.config import Settings
-from services.data.archive import ArchiveLimits, unpack
+from services.data.archive import ArchiveLimits
+from services.data.formats import Dataset, read_upload
 from services.data.multipart import Received
-from services.data.upload import (
-    CONTENT_TYPES,
-    MaskFormat,
-    Pair,
-    PreparedItem,
-    UploadRejected,
-    listed,
-    pair_files,
-    prepare_items,
-    unlabelled_classes,
-)
+from services.data.upload import CONTENT_TYPES, PreparedItem, UploadRejected, listed, prepare_items, unlabelled_classes
 from services.db.models import (
     PENDING_STATUSES,
     DatasetItem,
@@ -128,9 +120,10 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id:
     spec = parse_spec(received.texts.get("spec"))
     with session_scope(sessions) as session:
         plan(session, model_id, spec)  # fail fast on names and architecture
-    fmt = mask_format(spec)
-    items = prepare_items(collect_pairs(received, workdir, limits), fmt, limits.max_pixels, workdir / "masks")
-    if absent := unlabelled_classes(items, fmt, spec.classes):
+    dataset = read_upload(received, spec.format, spec.import_options(), workdir, limits.archive)
+    items = prepare_items(dataset.samples, limits.max_pixels, workdir / "masks")
+    dataset.finish(items)
+    if absent := unlabelled_classes(items, spec.local_names, spec.classes):
         # Each class takes one of the model's 254 indices for good once trained: none for a class nothing shows.
         raise UploadRejected(f"invalid spec: classes: no mask labels {listed(absent)}; a task's new classes "
                              "must each appear in at least one mask (remove them from `classes`)")
@@ -141,7 +134,7 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id:
     try:
         stored = _store_all(store, items, keys)
         with session_scope(sessions) as session:
-            _record(session, model_id, task_id, spec, stored, idempotency_key, received.sha256, actor)
+            _record(session, model_id, task_id, spec, stored, dataset, idempotency_key, received.sha256, actor)
             if not staging.unstage(session, prefix):  # swept as debris meanwhile: its objects may be gone
                 raise RegistrationConflict("the upload took too long to be recorded and was cleaned up; "
                                            "send it again")
@@ -167,24 +160,6 @@ def replay(session: Session, model: Model, key: str, request_sha256: str) -> Tas
 
 
 # --- files ------------------------------------------------------------------------------------
-def collect_pairs(received: Received, workdir: Path, limits: IngestLimits) -> list[Pair]:
-    """Image/mask pairs from files ``images`` + ``masks``, or from one zip ``archive``."""
-    archives = received.files_of("archive")
-    loose = received.files_of("images") or received.files_of("masks")
-    if archives and loose:
-        raise UploadRejected("send either files `images` + `masks` or one `archive`, not both")
-    if len(archives) > 1:
-        raise UploadRejected(f"send one `archive`, not {len(archives)}: {listed([a.name for a in archives])}")
-    if archives:
-        found = unpack(archives[0], workdir / "archive", limits.archive)
-        return pair_files(found["images"], found["masks"])
-    return pair_files(received.files_of("images"), received.files_of("masks"))
-
-
-def mask_format(spec: TaskSpec) -> MaskFormat:
-    return MaskFormat(spec.local_names, dict(spec.palette) if spec.mask_format == "palette" else None)
-
-
 def _keys(model_id: int, task_id: str, item: PreparedItem) -> tuple[str, str]:
     try:
         return (dataset_image_key(model_id, task_id, item.stem, item.image_ext),
@@ -334,7 +309,7 @@ def next_class_indices(session: Session, model_id: int, count: int) -> list[int]
 
 
 def _record(session: Session, model_id: int, task_id: str, spec: TaskSpec, stored: Sequence[_Stored],
-            idempotency_key: str | None, request_sha256: str, actor: Caller | None = None) -> Task:
+            dataset: Dataset, idempotency_key: str | None, request_sha256: str, actor: Caller | None = None) -> Task:
     """The task, its classes, its items and its audit event, in the caller's transaction."""
     _lock_registrations(session)
     model = model_by_id(session, model_id, for_update=True)  # a deletion of the model waits, or went first
@@ -348,6 +323,7 @@ def _record(session: Session, model_id: int, task_id: str, spec: TaskSpec, store
     resolved = planned.spec.model_copy(update={"assigned_classes": assigned})
     task = lifecycle.queue(session, model.id, task_id, resolved, planned.parent_version,
                            idempotency_key=idempotency_key, request_sha256=request_sha256)
+    task.import_report = dataset.report.as_json()
     model.architecture = resolved.architecture
     session.flush()  # classes and items reference the task
     if session.get(SemanticClass, (model.id, BACKGROUND_INDEX)) is None:
@@ -357,7 +333,8 @@ def _record(session: Session, model_id: int, task_id: str, spec: TaskSpec, store
     val = validation_stems([s.item.stem for s in stored], task_id, spec.val_fraction)
     session.add_all(_item_row(task_id, s, Split.VAL if s.item.stem in val else Split.TRAIN) for s in stored)
     audit.record(session, actor, audit.Action.TASK_CREATE, model=model, target=f"task {task_id}",
-                 detail={"classes": list(spec.classes), "method": resolved.method, "items": len(stored)})
+                 detail={"classes": list(spec.classes), "method": resolved.method, "items": len(stored),
+                         "format": dataset.format})
     session.flush()
     return task
 

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from services.data.formats.base import FORMAT_NAMES, OTHER_LABELS, ImportOptions
 from services.data.upload import UploadRejected, listed
 from services.db.models import Task
 from services.errors import describe_validation_errors
@@ -180,6 +181,17 @@ class TaskSpec(BaseModel):
         None, description="mask_format 'palette': {class: [r, g, b]} for every class and also_labelled class.")
     also_labelled: list[ClassName] = Field(default_factory=list, description=(
         "Existing classes these masks label too, after the new ones (index format: values n+1, n+2, ...)."))
+    format: Literal[FORMAT_NAMES] | None = Field(  # type: ignore[valid-type]
+        None, description="The upload's format: 'masks' (files images + masks, or an archive's images/ + masks/), or "
+        "an annotation tool's export as one zip `archive`: 'coco', 'coco_panoptic', 'cvat_mask', 'voc', "
+        "'cityscapes', 'label_studio'. Default: recognised from the archive's layout. Exports map their labels "
+        "to classes and also_labelled BY NAME.")
+    other_labels: Literal[OTHER_LABELS] = Field(  # type: ignore[valid-type]
+        "reject", description="Exports only: pixels of a label (or colour) the spec does not name: 'reject' the "
+        "upload (default, naming them), 'ignore' them (value 255, not trained on) or make them 'background'.")
+    label_ids: dict[str, int] | None = Field(
+        None, description="format 'voc' or 'cityscapes': {label name: pixel value} of the label-id PNGs. Default: "
+        "the format's standard table (Pascal VOC's 21 classes; Cityscapes' labelIds).")
 
     @field_validator("classes", "also_labelled")
     @classmethod
@@ -230,6 +242,20 @@ class TaskSpec(BaseModel):
             raise ValueError(f"colours used by more than one class: {', '.join(shared)}")
         return v
 
+    @field_validator("label_ids")
+    @classmethod
+    def _label_ids(cls, v: dict[str, int] | None, info: ValidationInfo) -> dict[str, int] | None:
+        if v is None or not _client_rules(info):
+            return v
+        v = {name.strip(): value for name, value in v.items()}
+        bad = [f"{name!r}: {value}" for name, value in v.items() if not 0 <= value <= 255]
+        if bad:
+            raise ValueError(f"pixel values must be 0..255, got {listed(bad)}")
+        shared = sorted({value for value in v.values() if list(v.values()).count(value) > 1})
+        if shared:
+            raise ValueError(f"pixel values given to more than one label: {listed(shared)}")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> TaskSpec:
         if not _client_rules(info):
@@ -244,7 +270,20 @@ class TaskSpec(BaseModel):
             raise ValueError("palette is only used with mask_format 'palette'")
         if self.mask_format == "palette":
             self._check_palette_covers()
+        self._check_format_fields()
         return self
+
+    def _check_format_fields(self) -> None:
+        """Fields that only one format reads are refused with another, rather than ignored."""
+        if self.format not in (None, "masks") and (self.mask_format != "index" or self.palette is not None):
+            raise ValueError(f"mask_format and palette describe the 'masks' format; a {self.format!r} export "
+                             "defines its own labels (leave them out)")
+        if self.label_ids is not None and self.format not in ("voc", "cityscapes"):
+            raise ValueError("label_ids is read by format 'voc' or 'cityscapes' only (name the format)")
+
+    def import_options(self) -> ImportOptions:
+        return ImportOptions(local_names=self.local_names, new=len(self.classes), other_labels=self.other_labels,
+                             mask_format=self.mask_format, palette=self.palette, label_ids=self.label_ids)
 
     def _check_palette_covers(self) -> None:
         if not self.palette:
@@ -280,11 +319,14 @@ class ResolvedSpec(TaskSpec):
         return cls.model_validate(task.spec, context=STORED)
 
     def stored(self) -> dict[str, Any]:
-        """The row's JSON: hyperparameters the client set only, no palette for index masks."""
+        """The row's JSON: hyperparameters the client set only, no palette for index masks, import settings
+        only where set."""
         out = self.model_dump(mode="json")
         out["hyperparameters"] = self.hyperparameters.given()
-        if out["palette"] is None:
-            del out["palette"]
+        # Fields a row did not always have are written only when set: rows of plain uploads keep their shape.
+        for optional, default in (("palette", None), ("format", None), ("label_ids", None), ("other_labels", "reject")):
+            if out[optional] == default:
+                del out[optional]
         return out
 
     def step_config(self, *, first: bool, step_index: int, train: dict[str, Any]) -> StepConfig:

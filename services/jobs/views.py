@@ -56,6 +56,7 @@ class TaskView:
     started_at: datetime | None
     finished_at: datetime | None
     items: dict[str, int]  # {"train": n, "val": m}
+    import_report: dict[str, Any] | None = None  # what reading the upload found (formats/base.ImportReport)
 
 
 def task_view(session: Session, task_id: str) -> TaskView:
@@ -103,6 +104,7 @@ def view_of(task: Task, counts: Mapping[str, int] | None, model_name: str) -> Ta
         model_version=task.model_version, parent_version=task.parent_version,
         cancel_requested=task.cancel_requested, attempts=task.attempts, created_at=task.created_at, started_at=task.started_at,
         finished_at=task.finished_at, items={s.value: 0 for s in Split} | dict(counts or {}),
+        import_report=task.import_report,
     )
 
 

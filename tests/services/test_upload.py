@@ -124,6 +124,10 @@ def test_multipart_caps_the_number_of_files(tmp_path):
         sp.feed(body)
 
 
+def prepare(p: Pair, fmt: MaskFormat, out_dir: Path):
+    return prepare_item(fmt.samples([p])[0], 10**6, out_dir)
+
+
 # --- archives -----------------------------------------------------------------------------------
 def zip_file(tmp_path: Path, entries: dict[str, bytes], *, name: str = "data.zip",
              modes: dict[str, int] | None = None, compression: int = zipfile.ZIP_DEFLATED) -> ReceivedFile:
@@ -264,7 +268,7 @@ def test_index_masks_keep_their_values(tmp_path):
     values[6:8] = 3
     values[0] = 255
     fmt = MaskFormat(("cat", "dog", "car"))
-    item = prepare_item(pair(tmp_path, encode(values)), fmt, 10**6, tmp_path / "m")
+    item = prepare(pair(tmp_path, encode(values)), fmt, tmp_path / "m")
     assert (item.width, item.height, item.image_ext) == (16, 12, ".jpg")
     assert np.array_equal(stored(item), values)
 
@@ -274,7 +278,7 @@ def test_palette_mode_index_masks_are_read_as_indices(tmp_path):
     im.putpalette([0, 0, 0, 250, 0, 0, 0, 250, 0] + [7] * (253 * 3))
     buf = io.BytesIO()
     im.save(buf, format="PNG")
-    item = prepare_item(pair(tmp_path, buf.getvalue(), rgb(2, 2)), MaskFormat(("a", "b")), 10**6, tmp_path / "m")
+    item = prepare(pair(tmp_path, buf.getvalue(), rgb(2, 2)), MaskFormat(("a", "b")), tmp_path / "m")
     assert stored(item).tolist() == [[0, 1], [2, 255]]
 
 
@@ -282,7 +286,7 @@ def test_index_mask_values_outside_the_classes_are_named(tmp_path):
     values = np.zeros((12, 16), np.uint8)
     values[0, :3] = [3, 7, 254]
     with pytest.raises(UploadRejected) as err:
-        prepare_item(pair(tmp_path, encode(values)), MaskFormat(("cat", "dog")), 10**6, tmp_path / "m")
+        prepare(pair(tmp_path, encode(values)), MaskFormat(("cat", "dog")), tmp_path / "m")
     assert "mask 'x.png' has values 3, 7, 254 outside the declared classes" in str(err.value)
     assert "1..2 (cat, dog)" in str(err.value)
 
@@ -290,13 +294,13 @@ def test_index_mask_values_outside_the_classes_are_named(tmp_path):
 def test_mask_size_mode_and_format_are_checked(tmp_path):
     fmt = MaskFormat(("cat",))
     with pytest.raises(UploadRejected, match="mask 'x.png' is 8x6 but its image 'x.jpg' is 16x12"):
-        prepare_item(pair(tmp_path, encode(np.zeros((6, 8), np.uint8))), fmt, 10**6, tmp_path / "m")
+        prepare(pair(tmp_path, encode(np.zeros((6, 8), np.uint8))), fmt, tmp_path / "m")
     with pytest.raises(UploadRejected, match="mask 'x.png' is a RGB image; index masks must be single-channel"):
-        prepare_item(pair(tmp_path, encode(rgb())), fmt, 10**6, tmp_path / "m")
+        prepare(pair(tmp_path, encode(rgb())), fmt, tmp_path / "m")
     with pytest.raises(UploadRejected, match="mask 'x.png' is JPEG; masks must be PNG"):
-        prepare_item(pair(tmp_path, encode(np.zeros((12, 16), np.uint8), "JPEG")), fmt, 10**6, tmp_path / "m")
+        prepare(pair(tmp_path, encode(np.zeros((12, 16), np.uint8), "JPEG")), fmt, tmp_path / "m")
     with pytest.raises(UploadRejected, match="mask 'x.png' is not an image"):
-        prepare_item(pair(tmp_path, b"nope"), fmt, 10**6, tmp_path / "m")
+        prepare(pair(tmp_path, b"nope"), fmt, tmp_path / "m")
 
 
 PALETTE = {"cat": (255, 0, 0), "dog": (0, 255, 0), "car": (0, 0, 255)}
@@ -308,7 +312,7 @@ def test_palette_masks_become_local_indices(tmp_path):
     colours[5] = PALETTE["car"]  # an also_labelled class: value n + 1 = 3
     colours[7:9] = PALETTE["cat"]
     fmt = MaskFormat(("cat", "dog", "car"), PALETTE)
-    values = stored(prepare_item(pair(tmp_path, encode(colours)), fmt, 10**6, tmp_path / "m"))
+    values = stored(prepare(pair(tmp_path, encode(colours)), fmt, tmp_path / "m"))
     expected = np.zeros((12, 16), np.uint8)
     expected[1:3], expected[5], expected[7:9] = 2, 3, 1
     assert np.array_equal(values, expected)
@@ -320,7 +324,7 @@ def test_palette_masks_name_up_to_five_unknown_colours(tmp_path):
         colours[i, 0] = (10 + i, 20, 30)
     fmt = MaskFormat(("cat",), {"cat": (255, 0, 0)})
     with pytest.raises(UploadRejected) as err:
-        prepare_item(pair(tmp_path, encode(colours)), fmt, 10**6, tmp_path / "m")
+        prepare(pair(tmp_path, encode(colours)), fmt, tmp_path / "m")
     msg = str(err.value)
     assert "mask 'x.png' has colours not in the palette: [10, 20, 30], [11, 20, 30]" in msg
     assert "[14, 20, 30] (and 2 more)" in msg and "[15, 20, 30]" not in msg
@@ -329,4 +333,4 @@ def test_palette_masks_name_up_to_five_unknown_colours(tmp_path):
 def test_palette_masks_must_be_colour_images(tmp_path):
     fmt = MaskFormat(("cat",), {"cat": (255, 0, 0)})
     with pytest.raises(UploadRejected, match="palette masks must be RGB"):
-        prepare_item(pair(tmp_path, encode(np.zeros((12, 16), np.uint8))), fmt, 10**6, tmp_path / "m")
+        prepare(pair(tmp_path, encode(np.zeros((12, 16), np.uint8))), fmt, tmp_path / "m")
