@@ -250,12 +250,6 @@ def rgb_codes(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
 
 
-def read_rgb_mask(f: ReceivedFile, size: tuple[int, int], image_name: str) -> np.ndarray:
-    """uint8 [H, W, 3]: a colour mask PNG of the image ``image_name`` of ``size``."""
-    with open_mask(f, size, image_name) as im:
-        return as_rgb(f.name, im)
-
-
 def as_rgb(name: str, im: Image.Image) -> np.ndarray:
     """uint8 [H, W, 3] colours of an RGB, palette (P) or fully opaque RGBA mask."""
     if im.mode == "RGB":

@@ -146,7 +146,8 @@ class LabelMap:
         if missing:
             shown = listed(sorted(defined)) if defined else "none"
             raise UploadRejected(
-                f"invalid spec: classes: {self.source} defines no label {listed(missing)}; its labels are {shown} "
+                f"invalid spec: classes: {self.source} defines no label {listed([repr(n) for n in missing])}; its labels "
+                f"are {shown} "
                 "(classes are matched to the export's labels by exact name)")
 
 

@@ -2,7 +2,8 @@
 
     labelmap.txt                      # label:R,G,B:parts:actions, one per line ('#' comments)
     ImageSets/Segmentation/<subset>.txt   # the images' stems, one per line (default.txt, train.txt, ...)
-    SegmentationClass/<stem>.png      # class masks: each pixel the colour of its label
+    SegmentationClass/<stem>.png      # class masks: each pixel the colour of its label (RGB, palette, or
+                                      # 1-channel: value v is the colour (v, v, v))
     SegmentationObject/<stem>.png     # instance masks (not read: classes come from SegmentationClass)
     JPEGImages/<stem>.<ext>           # the images ("save images" on export)
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.data.formats.base import IMAGE_SUFFIXES, ImportOptions, ImportReport, LabelMap, Tree, unique_stems
-from services.data.upload import ReceivedFile, Sample, UploadRejected, listed, read_rgb_mask, rgb_codes
+from services.data.upload import ReceivedFile, Sample, UploadRejected, as_rgb, listed, open_mask, rgb_codes
 
 LABELMAP = "labelmap.txt"
 SOURCE = "the CVAT export"
@@ -46,6 +47,7 @@ def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sampl
             raise UploadRejected(f"{SOURCE} lists image {stem!r} but has no {mask_path!r}")
         image = _image(tree, root, stem)
         samples.append(Sample(stem, image, _ColourMask(mask_path, tree.file(mask_path), by_code, labels, stem)))
+    tree.used.update(tree.under(posixpath.join(root, "SegmentationObject")))  # instances: part of the layout, unread
     tree.note_unused(report, IMAGE_SUFFIXES)
     return unique_stems(samples, SOURCE)
 
@@ -105,7 +107,10 @@ class _ColourMask:
     stem: str
 
     def local_values(self, size: tuple[int, int], image_name: str) -> np.ndarray:
-        codes = rgb_codes(read_rgb_mask(self.file, size, image_name))
+        with open_mask(self.file, size, image_name) as im:
+            # "A mask can have either 1 or 3 channels": a 1-channel pixel v is the colour (v, v, v).
+            rgb = np.repeat(np.asarray(im)[..., None], 3, axis=2) if im.mode == "L" else as_rgb(self.name, im)
+        codes = rgb_codes(rgb)
         present, inverse = np.unique(codes, return_inverse=True)
         counts = np.bincount(inverse.ravel(), minlength=len(present))
         lut = np.empty(len(present), np.uint8)
