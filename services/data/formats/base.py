@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,10 +205,14 @@ class Tree:
         same = self.named(posixpath.basename(ref))
         return same[0] if len(same) == 1 else None
 
-    def note_unused(self, report: ImportReport, suffixes: Sequence[str]) -> None:
-        """Note the archive's files of kinds an importer reads (``suffixes``) that it did not use."""
+    def note_unused(self, report: ImportReport, suffixes: Sequence[str],
+                    layout: Callable[[str], bool] | None = None) -> None:
+        """Note the archive's files of kinds an importer reads (``suffixes``) that it did not use,
+        except those ``layout`` says the format's layout holds beside what is read (a Cityscapes
+        ``*_color.png``): they are where the tool put them, not forgotten."""
         for path in self.files:
-            if path not in self.used and path.lower().endswith(tuple(suffixes)) and "__MACOSX/" not in path:
+            if (path not in self.used and path.lower().endswith(tuple(suffixes)) and "__MACOSX/" not in path
+                    and not (layout and layout(path))):
                 report.note("unused_files", path)
 
 
