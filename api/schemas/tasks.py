@@ -101,7 +101,9 @@ def upload_openapi() -> dict[str, Any]:
                 "masks": {**files, "description": "PNG masks: index (0 background, k = k-th class, 255 ignore) "
                                                   "or RGB palette colours."},
                 "archive": {"type": "string", "format": "binary",
-                            "description": "Instead of images + masks: one zip holding images/ and masks/."},
+                            "description": "Instead of images + masks: one zip holding images/ and masks/, or an "
+                                           "annotation tool's export as written (spec `format`: coco, coco_panoptic, "
+                                           "cvat_mask, voc, cityscapes, label_studio; recognised when left out)."},
             },
         },
         "encoding": {"spec": {"contentType": "application/json"}},
