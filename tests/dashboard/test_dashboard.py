@@ -11,6 +11,7 @@ from PIL import Image
 
 from tests.dashboard.conftest import MODEL, shot, sign_in, wait_for
 from tests.dashboard.seed import seed_many_versions
+from tests.worker.test_import_training import cvat_zip, shapes
 from tests.worker.test_training_flow import shapes_zip
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -233,6 +234,31 @@ def test_a_zip_submitted_from_the_page_trains_live_and_can_be_cancelled(stack, n
         assert wait_for(api, task_id, timeout_s=60)["status"] == "cancelled"
     page.wait_for_selector(f"[data-section=cancelled] tr[data-task='{task_id}']", timeout=10_000)
     shot(page, "queue-cancelled")
+
+
+def test_an_annotation_export_submitted_from_the_page_shows_its_import_report(stack, new_page, tmp_path):
+    with stack.api() as api:
+        assert api.post("/models", json={"name": "from-cvat"}).status_code == 201
+    archive = tmp_path / "cvat.zip"
+    archive.write_bytes(cvat_zip(shapes(tmp_path, "cvat", 6, [1, 2], seed=3)))
+    page = new_page()
+    sign_in(page, stack, hash_="#/m/from-cvat/submit")
+    page.fill("#submit-classes", "disc")  # square is labelled too, but not named: ignored, and reported
+    page.fill("#submit-epochs", "1")
+    page.select_option("#submit-format", "cvat_mask")
+    page.select_option("#submit-other-labels", "ignore")
+    page.set_input_files("#submit-archive", str(archive))
+    page.click("#submit-form button[type=submit]")
+    page.click("#new-task-link")
+    report = page.wait_for_selector("#import-report")
+    assert "6 images read as cvat_mask" in report.inner_text()
+    assert page.inner_text("#import-report tr[data-class=disc]").split() == ["disc", "6"]
+    assert "square (6)" in page.inner_text("#import-report [data-issue=unknown_labels]")
+    shot(page, "import-report")
+    with stack.api() as api:
+        task_id = page.url.rsplit("/", 1)[1]
+        assert api.get(f"/tasks/{task_id}").json()["import_report"]["issues"][0]["labels"] == {"square": 6}
+        api.post(f"/tasks/{task_id}/cancel")
 
 
 def test_see_it_segment_samples_and_an_uploaded_image(stack, new_page, tmp_path):

@@ -48,8 +48,9 @@ ISSUES = {
     "no_new_classes": "images whose mask shows none of the task's new classes (kept: they still teach "
                       "background and the classes they show)",
     "empty_masks": "images whose mask is all background or ignore",
-    "unknown_labels": "labels the spec does not name, mapped as other_labels says",
-    "unknown_colours": "mask colours the export's label map does not define, mapped as other_labels says",
+    "unknown_labels": "images with labels the spec does not name (mapped as other_labels says)",
+    "unknown_colours": "images with mask colours the export's label map does not define (mapped as other_labels "
+                       "says)",
     "overlaps_resolved": "images where instances of different classes overlap (the overlap rule decided)",
     "unused_files": "files of the archive no annotation refers to (skipped)",
 }

@@ -132,6 +132,25 @@ function progressCard(t, refresh, chartName, chartHeight) {
   };
 }
 
+// What reading the task's upload found: its format, images per class and what to look at
+// (images without a new class, labels the spec did not name, overlaps resolved, files skipped).
+function importReport(report) {
+  if (!report) return null;
+  const perClass = Object.entries(report.class_images);
+  return h("section", { class: "card", id: "import-report" },
+    h("h2", {}, "Import report"),
+    h("p", {}, `${report.images} images read as `, h("code", {}, report.format), "."),
+    perClass.length ? h("table", { class: "data" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Class"), h("th", { scope: "col" }, "Images showing it"))),
+      h("tbody", {}, perClass.map(([name, n]) => h("tr", { "data-class": name }, h("td", {}, name), h("td", {}, n))))) : null,
+    report.issues.length === 0 ? h("p", { class: "muted" }, "Nothing to report.") :
+      h("ul", { class: "issues" }, report.issues.map((i) => h("li", { "data-issue": i.kind },
+        h("strong", {}, `${i.count} `), i.message,
+        i.labels ? h("span", {}, ": ", Object.entries(i.labels).map(([l, n]) => `${l} (${n})`).join(", ")) : null,
+        i.pixels ? h("span", { class: "muted" }, ` · ${i.pixels} pixels`) : null,
+        i.examples.length ? h("div", { class: "small muted" }, "e.g. ", i.examples.join(", ")) : null))));
+}
+
 export async function renderTask(ctx, id) {
   let task = await get(paths.task(id));
   if (!ctx.current()) return;
@@ -140,6 +159,7 @@ export async function renderTask(ctx, id) {
   clear(ctx.view,
     h("h1", {}, "Task ", h("code", {}, task.id.slice(0, 8)), " ", h("span", { id: "task-status" }, statusBadge(task.status))),
     h("section", { class: "card" }, info),
+    importReport(task.import_report),
     h("section", { class: "card" }, h("h2", {}, "Progress"), card.el));
   const show = (t) => {
     clear(document.getElementById("task-status"), statusBadge(t.status));
