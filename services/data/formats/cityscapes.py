@@ -57,7 +57,8 @@ def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sampl
     if lonely:
         raise UploadRejected(f"{SOURCE} has no image <name>_leftImg8bit.png for the masks of {listed(lonely)}: add "
                              "leftImg8bit/<split>/<city>/<name>_leftImg8bit.png for each")
-    ids = LabelIds(options.label_ids or CITYSCAPES_LABELS, LabelMap(options, report, SOURCE), VOID_LABELS)
+    table = CITYSCAPES_LABELS if options.label_ids is None else options.label_ids
+    ids = LabelIds(table, LabelMap(options, report, SOURCE), VOID_LABELS)
     samples = [Sample(sample_stem(f"{name}.png"), tree.file(images[name]),
                       IdMask(path, tree.file(path), ids, name, EXPECTED))
                for name, path in masks.items()]

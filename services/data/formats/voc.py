@@ -44,7 +44,7 @@ def recognises(tree: Tree) -> bool:
 
 def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sample]:
     root = _root(tree)
-    table = dict(options.label_ids or VOC_LABELS)
+    table = dict(VOC_LABELS if options.label_ids is None else options.label_ids)
     if BACKGROUND_INDEX not in table.values():
         table.setdefault(BACKGROUND_NAME, BACKGROUND_INDEX)  # VOC's 0 is background unless given to a label
     ids = LabelIds(table, LabelMap(options, report, SOURCE))

@@ -191,3 +191,8 @@ def test_two_exports_in_one_archive_are_refused(tmp_path):
 def test_format_voc_without_masks_is_refused(tmp_path):
     with pytest.raises(UploadRejected, match=r"has no SegmentationClass/\*.png masks"):
         import_archive(tmp_path, {"JPEGImages/a.jpg": jpeg(photo(H, W))}, voc("cat"))
+
+
+def test_empty_label_ids_replace_the_table_too(tmp_path):
+    with pytest.raises(UploadRejected, match=r"defines no label 'cat'; its labels are background"):
+        import_archive(tmp_path, export({"a": scene(CAT)}), voc("cat", label_ids={}))
