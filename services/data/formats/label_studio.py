@@ -244,7 +244,8 @@ class _Regions:
     def local_values(self, size: tuple[int, int], image_name: str) -> np.ndarray:
         width, height = size
         names = list(dict.fromkeys(r.label for r in self.regions))
-        owner = np.full((height, width), -1, np.int16)  # which of ``names`` a pixel shows; -1: none
+        # Which of ``names`` a pixel shows; -1: none.
+        owner = np.full((height, width), -1, np.int16 if len(names) < 2**15 else np.int32)
         overlaps = 0
         for region in self.regions:
             k = names.index(region.label)

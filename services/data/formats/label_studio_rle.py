@@ -19,13 +19,14 @@ stored region and as label-studio-sdk's converters read it.
 
 The header's count must be exactly H x W x 4 of the image (so memory is bounded by the image),
 and the chunk walk stops there: at most one step per value, whatever the bytes say. The walk over
-chunk headers is sequential by nature; the values (a literal chunk may hold thousands) are read
-and expanded with numpy a block at a time.
+chunk headers is sequential by nature (about a million chunks a second; a brush region has a few
+per row it crosses); the values (a literal chunk may hold thousands) are read and expanded with
+numpy a block at a time, and ``decode_alpha`` expands only the alpha channel (H x W, not H x W x 4).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -51,13 +52,27 @@ def as_bytes(rle: object) -> bytes:
 
 
 def decode_alpha(rle: bytes, width: int, height: int) -> np.ndarray:
-    """bool [H, W]: the pixels of a brush region of a ``width`` x ``height`` image."""
-    values = decode(rle, width * height * CHANNELS)
-    return values.reshape(height, width, CHANNELS)[..., CHANNELS - 1] != 0
+    """bool [H, W]: the pixels of a brush region of a ``width`` x ``height`` image (alpha != 0)."""
+    alpha = np.empty(width * height, bool)
+    for first, values, spans in _blocks(rle, width * height * CHANNELS):
+        # Value k covers elements [start_k, end_k): the alpha elements 4p + 3 among them are those
+        # of the pixels p in [start_k // 4, end_k // 4).
+        ends = first + np.cumsum(spans)
+        pixels = np.diff(ends // CHANNELS, prepend=first // CHANNELS)
+        alpha[first // CHANNELS:ends[-1] // CHANNELS] = np.repeat(values != 0, pixels)
+    return alpha.reshape(height, width)
 
 
 def decode(rle: bytes, expected: int) -> np.ndarray:
-    """The ``expected`` values packed in ``rle`` (uint8, uint16 or uint32 as the word size needs)."""
+    """All the ``expected`` values packed in ``rle`` (uint32)."""
+    out = np.empty(expected, np.uint32)
+    for first, values, spans in _blocks(rle, expected):
+        out[first:first + int(spans.sum())] = np.repeat(values, spans)
+    return out
+
+
+def _blocks(rle: bytes, expected: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(the first element, values, how many elements each value fills), a block at a time, in order."""
     total_bits = len(rle) * 8
     if total_bits < _HEADER_BITS:
         raise RleError(f"it is {len(rle)} bytes, shorter than the format's header (53 bits)")
@@ -68,9 +83,35 @@ def decode(rle: bytes, expected: int) -> np.ndarray:
                        "(original_width x original_height x 4)")
     word = _field(buf, 32, 5) + 1
     sizes = [_field(buf, 37 + 4 * k, 4) + 1 for k in range(4)]
-    out = np.empty(count, np.uint8 if word <= 8 else np.uint16 if word <= 16 else np.uint32)
-    _Walk(buf, total_bits, word, sizes, out).run()
-    return out
+    data = np.frombuffer(buf, np.uint8)
+    offsets: list[int] = []  # each chunk's first word's bit
+    counts: list[int] = []  # how many elements it fills: > 0 a run (one word), < 0 literals (one word each)
+    window_bits = _WINDOW * 8
+    pos, i, first, words = _HEADER_BITS, 0, 0, 0
+    while i < count:
+        if pos + 3 > total_bits:
+            raise RleError(f"it ends after {i} of its {count} values")
+        window = int.from_bytes(buf[pos >> 3:(pos >> 3) + _WINDOW], "big")
+        left = window_bits - (pos & 7)  # bits of the window from ``pos`` on
+        size = sizes[(window >> (left - 3)) & 3]
+        n = ((window >> (left - 3 - size)) & ((1 << size) - 1)) + 1
+        start = pos + 3 + size
+        if (window >> (left - 1)) & 1:
+            pos, words = start + word, words + 1
+            counts.append(n)
+        else:
+            pos, words = start + n * word, words + n
+            counts.append(-n)
+        offsets.append(start)
+        if pos > total_bits:
+            raise RleError(f"a chunk at bit {start - 3 - size} runs past the end of the data ({len(rle)} bytes) "
+                           f"after {i} of its {count} values")
+        i += n
+        if i > count:
+            raise RleError(f"it holds more values than its header declares ({count})")
+        if words >= _BLOCK_WORDS or i == count:
+            yield first, *_expand(data, word, offsets, counts)
+            offsets, counts, first, words = [], [], i, 0
 
 
 def _field(buf: bytes, pos: int, width: int) -> int:
@@ -79,76 +120,25 @@ def _field(buf: bytes, pos: int, width: int) -> int:
     return (window >> (_WINDOW * 8 - (pos & 7) - width)) & ((1 << width) - 1)
 
 
-class _Walk:
-    """Reads the chunks in order, noting each one's values (where they start in the stream and how
-    many), and writes them into ``out`` a block at a time."""
+def _expand(data: np.ndarray, word: int, offsets: list[int], counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(values, how many elements each fills) of a block of chunks, vectorised."""
+    signed = np.asarray(counts, np.int64)
+    runs = signed > 0
+    lengths = np.abs(signed)
+    words_per_chunk = np.where(runs, 1, lengths)
+    # Each word's bit: its chunk's first word's bit plus the word size x its place in the chunk.
+    chunk_of_word = np.repeat(np.arange(len(lengths)), words_per_chunk)
+    place = np.arange(len(chunk_of_word)) - (np.cumsum(words_per_chunk) - words_per_chunk)[chunk_of_word]
+    bits = np.asarray(offsets, np.int64)[chunk_of_word] + place * word
+    spans = np.where(runs, lengths, 1)[chunk_of_word]  # a run's one word fills its whole count
+    return _words_at(data, bits, word), spans
 
-    def __init__(self, buf: bytes, total_bits: int, word: int, sizes: Sequence[int], out: np.ndarray) -> None:
-        self.buf, self.total_bits, self.word, self.sizes, self.out = buf, total_bits, word, sizes, out
-        self.bytes = np.frombuffer(buf, np.uint8)
-        self._clear()
 
-    def _clear(self) -> None:
-        self.first = 0  # the element the noted chunks start at
-        self.offsets: list[int] = []  # each chunk's first word's bit
-        self.counts: list[int] = []  # how many elements it produces: > 0 a run, < 0 literals
-        self.words = 0
-
-    def run(self) -> None:
-        buf, word, sizes, total_bits, end = self.buf, self.word, self.sizes, self.total_bits, len(self.out)
-        offsets, counts = self.offsets, self.counts
-        window_bits = _WINDOW * 8
-        pos, i = _HEADER_BITS, 0
-        while i < end:
-            if pos + 3 > total_bits:
-                raise RleError(f"it ends after {i} of its {end} values")
-            window = int.from_bytes(buf[pos >> 3:(pos >> 3) + _WINDOW], "big")
-            left = window_bits - (pos & 7)  # bits of the window from ``pos`` on
-            size = sizes[(window >> (left - 3)) & 3]
-            n = ((window >> (left - 3 - size)) & ((1 << size) - 1)) + 1
-            start = pos + 3 + size
-            if (window >> (left - 1)) & 1:  # a run
-                pos = start + word
-                counts.append(n)
-                self.words += 1
-            else:
-                pos = start + n * word
-                counts.append(-n)
-                self.words += n
-            offsets.append(start)
-            if pos > total_bits:
-                raise RleError(f"a chunk at bit {start - 3 - size} runs past the end of the data "
-                               f"({len(buf) - _WINDOW} bytes) after {i} of its {end} values")
-            i += n
-            if i > end:
-                raise RleError(f"it holds more values than its header declares ({end})")
-            if self.words >= _BLOCK_WORDS:
-                self._flush(i)
-                offsets, counts = self.offsets, self.counts
-        self._flush(i)
-
-    def _flush(self, i: int) -> None:
-        """Write the noted chunks' values (elements ``self.first`` to ``i``) into ``out``, vectorised."""
-        if not self.counts:
-            return
-        signed = np.asarray(self.counts, np.int64)
-        runs = signed > 0
-        counts = np.abs(signed)
-        words_per_chunk = np.where(runs, 1, counts)
-        # Each word's bit: its chunk's first word's bit plus word size x its place in the chunk.
-        chunk_of_word = np.repeat(np.arange(len(counts)), words_per_chunk)
-        place = np.arange(len(chunk_of_word)) - (np.cumsum(words_per_chunk) - words_per_chunk)[chunk_of_word]
-        bits = np.asarray(self.offsets, np.int64)[chunk_of_word] + place * self.word
-        spans = np.where(runs, counts, 1)[chunk_of_word]  # a run's one word fills its whole count
-        self.out[self.first:i] = np.repeat(self._words_at(bits), spans)
-        self._clear()
-        self.first = i
-
-    def _words_at(self, bits: np.ndarray) -> np.ndarray:
-        """The ``word``-bit values starting at each of ``bits`` (any bit, not only byte starts)."""
-        first = bits >> 3
-        window = np.zeros(len(bits), np.uint64)
-        for k in range(5):  # 5 bytes hold any 32-bit word, whatever its first bit's place in its byte
-            window = (window << np.uint64(8)) | self.bytes[first + k].astype(np.uint64)
-        shift = (40 - (bits & 7) - self.word).astype(np.uint64)
-        return ((window >> shift) & np.uint64((1 << self.word) - 1)).astype(self.out.dtype)
+def _words_at(data: np.ndarray, bits: np.ndarray, word: int) -> np.ndarray:
+    """The ``word``-bit values (uint32) starting at each of ``bits`` (any bit, not only byte starts)."""
+    first = bits >> 3
+    window = np.zeros(len(bits), np.uint64)
+    for k in range(5):  # 5 bytes hold any 32-bit word, whatever its first bit's place in its byte
+        window = (window << np.uint64(8)) | data[first + k].astype(np.uint64)
+    shift = (40 - (bits & 7) - word).astype(np.uint64)
+    return ((window >> shift) & np.uint64((1 << word) - 1)).astype(np.uint32)

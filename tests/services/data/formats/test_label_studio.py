@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, encode_rle
 
-from services.data.formats.label_studio_rle import RleError, decode
+from services.data.formats import label_studio_rle
+from services.data.formats.label_studio_rle import RleError, decode, decode_alpha
 from services.data.upload import UploadRejected
 from tests.services.data.formats.helpers import import_archive, jpeg, photo, png
 
@@ -313,8 +314,10 @@ def test_an_archive_without_the_export_is_refused_when_named(tmp_path):
 
 
 # --- the decoder against label-studio-sdk's -----------------------------------------------------------
+@pytest.mark.parametrize("block", [1 << 20, 7])  # 7: values expanded in many small blocks
 @pytest.mark.parametrize("seed", range(6))
-def test_the_decoder_agrees_with_label_studio_sdk(seed):
+def test_the_decoder_agrees_with_label_studio_sdk(seed, block, monkeypatch):
+    monkeypatch.setattr(label_studio_rle, "_BLOCK_WORDS", block)
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 300)) * 4
     values = [rng.integers(0, 256, n),  # noise: literal chunks
@@ -326,6 +329,9 @@ def test_the_decoder_agrees_with_label_studio_sdk(seed):
     rle = bytes(encode_rle(values))
     assert np.array_equal(decode(rle, len(values)), values)
     assert np.array_equal(decode(rle, len(values)), decode_rle(rle))
+    # The importer's alpha-only path: as label-studio-sdk's converters read a region.
+    sdk_alpha = decode_rle(rle).reshape(1, len(values) // 4, 4)[..., 3] != 0
+    assert np.array_equal(decode_alpha(rle, len(values) // 4, 1), sdk_alpha)
 
 
 def bits(*fields: tuple[int, int]) -> bytes:
