@@ -85,3 +85,51 @@ def test_a_cityscapes_export(client, prepared, admin):
     assert report["format"] == "cityscapes" and report["images"] == 2
     assert issue(task, "unknown_labels")["labels"] == {"road": 2, "static": 1}
     assert issue(task, "unused_files") is None
+
+
+# --- COCO instances -------------------------------------------------------------------------------
+def test_a_coco_instances_export(client, prepared, admin):
+    from tests.services.data.formats.test_coco import box, polygon, two_images
+
+    export = two_images()  # CVAT's "COCO 1.0": annotations/instances_default.json + images/
+    export.annotate(1, 3, polygon(10, 6, 16, 12))  # a tree, which the spec does not name
+    export.annotate(1, 2, polygon(2, 3, 4, 5))  # a person in front of the car
+    spec = {"classes": ["car", "person"], "other_labels": "ignore", "epochs": 1}  # the format is recognised
+    task = registered(client, admin, post_export(client, admin, spec, export.entries()))
+    assert task["classes"] == {"car": 1, "person": 2}
+    expected = np.zeros((12, 16), np.uint8)
+    expected[box(1, 2, 5, 6)] = 1
+    expected[box(2, 3, 4, 5)] = 2
+    expected[box(8, 0, 12, 3)] = 2
+    expected[box(10, 6, 16, 12)] = 255
+    assert (stored_mask(prepared, task, "a") == expected).all()
+    report = task["import_report"]
+    assert report["format"] == "coco" and report["images"] == 2 and report["class_images"] == {"car": 2, "person": 1}
+    assert {i["kind"]: (i["count"], i.get("labels"), i.get("pixels")) for i in report["issues"]} == {
+        "unknown_labels": (1, {"tree": 1}, 36), "overlaps_resolved": (1, None, 4)}
+
+
+def test_a_coco_export_without_its_images_is_refused(client, prepared, admin):
+    from tests.services.data.formats.test_coco import JSON, two_images
+
+    refused = post_export(client, admin, {"classes": ["car", "person"], "format": "coco"},
+                          {JSON: two_images().entries()[JSON]})
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == (
+        "the COCO export lists 2 images the archive does not hold: a.jpg, b.png; export with the images (CVAT: tick "
+        "\"Save images\"), or put them beside the JSON file or in images/")
+    assert leftovers(prepared) == NOTHING
+
+
+# --- COCO panoptic --------------------------------------------------------------------------------
+def test_a_coco_panoptic_export(client, prepared, admin):
+    from tests.services.data.formats.test_coco_panoptic import expected, two_images
+
+    spec = {"classes": ["car", "person"], "other_labels": "background", "epochs": 1}
+    task = registered(client, admin, post_export(client, admin, spec, two_images().entries()))
+    assert task["classes"] == {"car": 1, "person": 2}
+    assert (stored_mask(prepared, task, "000000000139") == expected(0)).all()  # void 255, the tree background
+    report = task["import_report"]
+    assert report["format"] == "coco_panoptic" and report["class_images"] == {"car": 2, "person": 1}
+    assert [(i["kind"], i["labels"], i["pixels"]) for i in report["issues"]] == [
+        ("unknown_labels", {"tree-merged": 1}, 30)]
