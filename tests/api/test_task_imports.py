@@ -133,3 +133,38 @@ def test_a_coco_panoptic_export(client, prepared, admin):
     assert report["format"] == "coco_panoptic" and report["class_images"] == {"car": 2, "person": 1}
     assert [(i["kind"], i["labels"], i["pixels"]) for i in report["issues"]] == [
         ("unknown_labels", {"tree-merged": 1}, 30)]
+
+
+# --- Label Studio brush ---------------------------------------------------------------------------
+def label_studio_export():
+    """Task 1: street.jpg with a car and a person brushed; task 2: an image nobody annotated."""
+    from tests.services.data.formats import test_label_studio as ls
+    from tests.services.data.formats.helpers import jpeg, photo
+
+    tasks = [ls.street(), ls.task(2, "/data/upload/1/0a1b2c3d-alley.jpg", [])]
+    return ls, tasks, {"street.jpg": jpeg(photo(ls.H, ls.W)), "alley.jpg": jpeg(photo(ls.H, ls.W, 1))}
+
+
+def test_a_label_studio_brush_export(client, prepared, admin):
+    ls, tasks, images = label_studio_export()
+    spec = {"classes": ["car"], "other_labels": "ignore", "epochs": 1}  # the format is recognised
+    task = registered(client, admin, post_export(client, admin, spec, ls.archive(tasks, images)))
+    assert task["classes"] == {"car": 1}
+    expected = np.zeros((ls.H, ls.W), np.uint8)
+    expected[ls.CAR], expected[ls.PERSON] = 1, 255
+    assert (stored_mask(prepared, task, "street") == expected).all()
+    report = task["import_report"]
+    assert report["format"] == "label_studio" and report["images"] == 1 and report["class_images"] == {"car": 1}
+    assert {i["kind"]: (i["examples"], i.get("labels"), i.get("pixels")) for i in report["issues"]} == {
+        "unknown_labels": (["street"], {"person": 1}, ls.H), "unused_files": (["alley.jpg"], None, None)}
+
+
+def test_a_label_studio_export_with_a_broken_brush_is_refused(client, prepared, admin):
+    ls, tasks, images = label_studio_export()
+    tasks[0]["annotations"][0]["result"][1]["value"]["rle"] = ls.brush(ls.CAR)[:20]
+    refused = post_export(client, admin, {"classes": ["car", "person"]}, ls.archive(tasks, images))
+    assert refused.status_code == 422
+    assert refused.json()["detail"].startswith(
+        "project-1-at-2024-05-02-09-20-4f2a/export.json: task 1, annotation 11, result 'Qw7pZ1': the brush RLE is "
+        "not valid: ")
+    assert leftovers(prepared) == NOTHING
