@@ -14,6 +14,7 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from services.data.formats.base import Tree
 from services.data.upload import UploadRejected, listed
@@ -21,12 +22,18 @@ from services.data.upload import UploadRejected, listed
 KEYS = ("images", "annotations", "categories")
 _MARKERS = tuple(f'"{key}"'.encode() for key in KEYS)
 INSTANCES, PANOPTIC, BOXES = "instances", "panoptic", "boxes"
+# Each archive's JSON files sorted once: both COCO importers ask when an archive's format is recognised.
+_KINDS: WeakKeyDictionary[Tree, dict[str, str | None]] = WeakKeyDictionary()
 
 
 # --- finding the JSON files -----------------------------------------------------------------------
 def json_files(tree: Tree, kind: str) -> list[str]:
     """The archive's COCO JSON files of ``kind`` (INSTANCES, PANOPTIC or BOXES), by path."""
-    return [path for path in tree.under("", (".json",)) if "__MACOSX/" not in path and kind_of(tree, path) == kind]
+    kinds = _KINDS.get(tree)
+    if kinds is None:
+        paths = [path for path in tree.under("", (".json",)) if "__MACOSX/" not in path]
+        kinds = _KINDS[tree] = {path: kind_of(tree, path) for path in paths}
+    return [path for path, found in kinds.items() if found == kind]
 
 
 def kind_of(tree: Tree, path: str) -> str | None:

@@ -228,6 +228,13 @@ def test_layouts_are_recognised_and_their_images_found(tmp_path, layout):
     assert imported.mask("a")[2, 1] == 1 and imported.mask("b")[11, 0] == 1
 
 
+def test_other_json_files_of_the_archive_are_left_alone(tmp_path):
+    entries = {**two_images().entries(), "meta/notes.json": "not JSON at all", "meta/list.json": "[1, 2]",
+               "meta/polygons.json": json.dumps({"imgHeight": 12, "objects": []})}
+    imported = import_archive(tmp_path, entries, {k: v for k, v in SPEC.items() if k != "format"})
+    assert imported.dataset.format == "coco" and len(imported.items) == 2
+
+
 def test_every_annotation_file_is_read_with_its_images(tmp_path):
     train, val = two_images(), Export()
     c = val.image("c.jpg", seed=3, folder="images/val/")
