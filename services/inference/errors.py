@@ -1,7 +1,7 @@
 """Errors of the inference service; each message says what is wrong in the caller's terms.
 
-Their categories (``services.errors``) give the API's statuses: NotAnImage 422, ImageTooLarge 413,
-NoModelYet and NoProductionVersion 409, ModelUnavailable 503 (``VersionNotFound``: 404).
+Their categories (``services.errors``) give the API's statuses: NotAnImage and AnswerOptionsClash
+422, ImageTooLarge 413, NoModelYet and NoProductionVersion 409, ModelUnavailable 503 (``VersionNotFound``: 404).
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from services.errors import Conflict, InvalidInput, TooLarge, Unavailable
 
 class NotAnImage(InvalidInput):
     """The uploaded bytes are not an image we can decode."""
+
+
+class AnswerOptionsClash(InvalidInput):
+    """The request asks for two answers at once (e.g. the overlay image as RLE JSON)."""
 
 
 class ImageTooLarge(TooLarge):
