@@ -66,7 +66,7 @@ def coco_zip(samples) -> bytes:
                 segmentation = {"size": rle["size"], "counts": rle["counts"].decode()}
             else:
                 flat = binary.ravel(order="F")
-                runs = np.diff(np.flatnonzero(np.diff(np.r_[-1, flat, -1]) != 0))
+                runs = np.diff(np.flatnonzero(np.diff(np.r_[-1, flat.astype(int), -1]) != 0))
                 counts = ([0] if flat[0] else []) + runs.tolist()
                 segmentation = {"size": list(binary.shape), "counts": counts}
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": 10 + k - 1,
@@ -102,9 +102,13 @@ def test_a_cvat_export_then_a_coco_export_train_two_versions(client, worker_proc
                     coco_zip(shapes(tmp_path, "b", 8, [1, 2, 3], seed=2)), model="exports")
     report = second["import_report"]
     assert report["format"] == "coco" and report["class_images"] == {"triangle": 8, "square": 8}
-    assert {i["kind"]: i.get("labels") for i in report["issues"]} == {"unknown_labels": {"disc": 8}}
+    issues = {i["kind"]: i for i in report["issues"]}
+    assert issues["unknown_labels"]["labels"] == {"disc": 8}
+    # A square's polygon is its bounding box, which may take pixels of a shape drawn over it: reported.
+    assert set(issues) <= {"unknown_labels", "overlaps_resolved"}
     done = wait_task(client, h, second["id"])
     assert done["status"] == "succeeded", done
     assert done["model_version"] == 2 and done["classes"] == {"triangle": 3}
-    r = segment(client, infer_headers, "exports")
+    # Whether version 2 became production is the promotion policy's call (tiny runs forget): serve it by number.
+    r = segment(client, infer_headers, "exports", "2")
     assert r.status_code == 200 and r.json()["model_version"] == 2
