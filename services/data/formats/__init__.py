@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 from services.data.archive import ArchiveLimits, open_archive
-from services.data.formats.base import FORMAT_NAMES, ImportOptions, ImportReport, Tree
+from services.data.formats.base import FORMAT_NAMES, UNNAMED_ID, ImportOptions, ImportReport, Tree
 from services.data.multipart import Received
 from services.data.upload import PreparedItem, Sample, UploadRejected, listed
 
@@ -98,7 +98,10 @@ def _check_unknown(report: ImportReport, options: ImportOptions, fmt: str) -> No
         return
     found = [f"{name!r} ({n} images)" for name, n in names.items()]
     found += [f"colour {colour} ({n} images)" for colour, n in colours.items()]
+    # Label-id formats note an id that their table does not name as "value <id>": it needs a name first.
+    unnamed = " (pixel values no label is named for: name them in `label_ids`)" if any(
+        name.startswith(UNNAMED_ID) for name in names) else ""
     raise UploadRejected(
-        f"the {fmt} export labels pixels with {listed(found)}, which the spec does not name: add each label to "
-        "`classes` (new) or `also_labelled` (existing), or set `other_labels` to \"ignore\" (not trained on) or "
-        "\"background\"")
+        f"the {fmt} export labels pixels with {listed(found)}, which the spec does not name{unnamed}: add each "
+        "label to `classes` (new) or `also_labelled` (existing), or set `other_labels` to \"ignore\" (not "
+        "trained on) or \"background\"")

@@ -22,6 +22,7 @@ from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, IGNORE_INDEX
 FORMAT_NAMES = ("masks", "coco", "coco_panoptic", "cvat_mask", "voc", "cityscapes", "label_studio")
 # What pixels of a label (or colour) the spec does not name become.
 OTHER_LABELS = ("reject", "ignore", "background")
+UNNAMED_ID = "value "  # how a report names a pixel value that no label of the export's table names
 MAX_JSON_BYTES = 512 * 1024 * 1024  # an annotation file is parsed in memory
 EXAMPLES = 10  # stems kept per report entry
 

@@ -1,4 +1,4 @@
-"""CVAT's "Segmentation mask 1.1" export: Pascal VOC's layout with a ``labelmap.txt``.
+"""CVAT's "Segmentation mask 1.1" export: Pascal VOC's layout (voc.py) with a ``labelmap.txt``.
 
     labelmap.txt                      # label:R,G,B:parts:actions, one per line ('#' comments)
     ImageSets/Segmentation/<subset>.txt   # the images' stems, one per line (default.txt, train.txt, ...)
@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.data.formats import voc
 from services.data.formats.base import IMAGE_SUFFIXES, ImportOptions, ImportReport, LabelMap, Tree, unique_stems
+from services.data.formats.voc import images_by_stem, segmentation_stems
 from services.data.upload import ReceivedFile, Sample, UploadRejected, as_rgb, listed, open_mask, rgb_codes
 
 LABELMAP = "labelmap.txt"
@@ -40,15 +42,17 @@ def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sampl
     labels = LabelMap(options, report, SOURCE)
     labels.require(colours)
     by_code = {(r << 16) | (g << 8) | b: name for name, (r, g, b) in colours.items()}
-    samples = []
-    for stem in _stems(tree, root):
-        mask_path = posixpath.join(root, "SegmentationClass", f"{stem}.png")
-        if mask_path not in tree.files:
-            raise UploadRejected(f"{SOURCE} lists image {stem!r} but has no {mask_path!r}")
-        image = _image(tree, root, stem)
-        samples.append(Sample(stem, image, _ColourMask(mask_path, tree.file(mask_path), by_code, labels, stem)))
-    tree.used.update(tree.under(posixpath.join(root, "SegmentationObject")))  # instances: part of the layout, unread
-    tree.note_unused(report, IMAGE_SUFFIXES)
+    stems = segmentation_stems(tree, root)
+    masks = {stem: posixpath.join(root, voc.MASKS, f"{stem}.png") for stem in stems}
+    unmasked = [f"{stem!r}" for stem, path in masks.items() if path not in tree.files]
+    if unmasked:
+        raise UploadRejected(f"{SOURCE} lists images {listed(unmasked)} but has no mask for them in "
+                             f"{posixpath.join(root, voc.MASKS) + '/'!r}")
+    images = images_by_stem(tree, root, stems, SOURCE)
+    samples = [Sample(stem, tree.file(images[stem]), _ColourMask(path, tree.file(path), by_code, labels, stem))
+               for stem, path in masks.items()]
+    objects = posixpath.join(root, voc.OBJECTS) + "/"  # instance masks: part of the layout, not read
+    tree.note_unused(report, IMAGE_SUFFIXES, layout=lambda path: path.startswith(objects))
     return unique_stems(samples, SOURCE)
 
 
@@ -74,28 +78,6 @@ def parse_labelmap(text: str, where: str) -> dict[str, tuple[int, int, int]]:
                                  f"{list(colour)}, so their pixels cannot be told apart")
         colours[name] = colour  # type: ignore[assignment]
     return colours
-
-
-def _stems(tree: Tree, root: str) -> list[str]:
-    """The images the export lists (every ImageSets/Segmentation subset), or, without lists, every mask."""
-    lists = tree.under(posixpath.join(root, "ImageSets", "Segmentation"), (".txt",))
-    stems: list[str] = []
-    for path in lists:
-        stems += [line.split()[0] for line in tree.text(path).splitlines() if line.strip()]
-    if not lists:
-        stems = [posixpath.basename(p)[:-4] for p in tree.under(posixpath.join(root, "SegmentationClass"), (".png",))]
-    return list(dict.fromkeys(stems))
-
-
-def _image(tree: Tree, root: str, stem: str) -> ReceivedFile:
-    folder = posixpath.join(root, "JPEGImages")
-    found = [p for p in tree.under(folder) if posixpath.splitext(posixpath.basename(p))[0] == stem]
-    if not found:
-        raise UploadRejected(f"{SOURCE} has no image for {stem!r} in {folder + '/'!r}: export with \"Save images\" "
-                             "checked, or add the images there")
-    if len(found) > 1:
-        raise UploadRejected(f"{SOURCE} has several images for {stem!r}: {listed(found)}")
-    return tree.file(found[0])
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.data.formats.base import LabelMap
-from services.data.upload import ReceivedFile, UploadRejected, open_mask
+from services.data.formats.base import UNNAMED_ID, LabelMap
+from services.data.upload import ReceivedFile, UploadRejected, as_rgb, listed, open_mask, rgb_codes
 from services.labels import IGNORE_INDEX
 
 ID_VALUES = 256  # an 8-bit mask's ids
@@ -45,20 +45,31 @@ class LabelIds:
         if name is None:
             if value == VOID_ID:
                 return IGNORE_INDEX
-            self.labels.report.note("unknown_labels", stem, label=f"value {value}", pixels=pixels)
+            self.labels.report.note("unknown_labels", stem, label=f"{UNNAMED_ID}{value}", pixels=pixels)
             return self.labels.other_value
         if name in self.void and name not in self.labels.values:
             return IGNORE_INDEX
         return self.labels.value(name, stem, pixels)
 
 
-def read_ids(f: ReceivedFile, size: tuple[int, int], image_name: str, expected: str) -> np.ndarray:
+def read_ids(f: ReceivedFile, size: tuple[int, int], image_name: str, expected: str,
+             colour_ids: Mapping[int, int] | None = None) -> np.ndarray:
     """uint8 [H, W] ids of a label-id PNG: a grey (L) image's values or a palette (P) image's
-    indices -- never its colours. ``expected`` says, for a refusal, what this format's masks are."""
+    indices -- never its colours; an RGB image's colours only through ``colour_ids`` ({rgb code:
+    id}, a format's fixed colour map). ``expected`` says, for a refusal, what this format's masks are."""
     with open_mask(f, size, image_name) as im:
-        if im.mode not in ("L", "P"):
+        if im.mode in ("L", "P"):
+            return np.asarray(im, dtype=np.uint8)
+        if colour_ids is None or im.mode not in ("RGB", "RGBA"):
             raise UploadRejected(f"mask {f.name!r} is a {im.mode} image; {expected}")
-        return np.asarray(im, dtype=np.uint8)
+        codes = rgb_codes(as_rgb(f.name, im))
+    present, inverse = np.unique(codes, return_inverse=True)
+    unknown = [c for c in present.tolist() if c not in colour_ids]
+    if unknown:
+        shown = listed([str([c >> 16, (c >> 8) & 255, c & 255]) for c in unknown], 5)
+        raise UploadRejected(f"mask {f.name!r} has colours {shown} outside the colour map; {expected}")
+    lut = np.array([colour_ids[c] for c in present.tolist()], np.uint8)
+    return lut[inverse.reshape(codes.shape)]
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,8 @@ class IdMask:
     ids: LabelIds
     stem: str
     expected: str  # what this format's masks are, for a refusal
+    colour_ids: Mapping[int, int] | None = None  # RGB masks: the format's colour map, {rgb code: id}
 
     def local_values(self, size: tuple[int, int], image_name: str) -> np.ndarray:
-        return self.ids.to_local(read_ids(self.file, size, image_name, self.expected), self.stem)
+        ids = read_ids(self.file, size, image_name, self.expected, self.colour_ids)
+        return self.ids.to_local(ids, self.stem)

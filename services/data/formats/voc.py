@@ -2,6 +2,8 @@
 
     ImageSets/Segmentation/<list>.txt   # stems, one a line (train.txt, val.txt, ...); optional
     SegmentationClass/<stem>.png        # palette PNGs: each pixel's INDEX is its class id, 255 = void
+                                        # (RGB PNGs are read through VOC's colour map: CVAT writes
+                                        # those for VOC's own labels, without a labelmap.txt)
     SegmentationObject/<stem>.png       # instance masks (not read)
     JPEGImages/<stem>.jpg               # the images
 
@@ -26,7 +28,8 @@ from services.data.formats.base import (
 )
 from services.data.formats.label_ids import IdMask, LabelIds
 from services.data.upload import Sample, UploadRejected, listed
-from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME
+from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, IGNORE_INDEX
+from services.registry.classes import class_colour
 
 SOURCE = "the Pascal VOC export"
 MASKS, IMAGES, LISTS, OBJECTS = "SegmentationClass", "JPEGImages", "ImageSets/Segmentation", "SegmentationObject"
@@ -34,7 +37,12 @@ MASKS, IMAGES, LISTS, OBJECTS = "SegmentationClass", "JPEGImages", "ImageSets/Se
 VOC_LABELS = {name: i for i, name in enumerate((
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"))}
-EXPECTED = ("Pascal VOC masks are palette (mode P) or grey (mode L) PNGs whose pixel value is the class id. A CVAT "
+# The devkit's colour map, which VOC's palettes (and CVAT's VOC-label masks) use: id i has colour
+# class_colour(i), and void (255) the map's (224, 224, 192).
+VOC_COLOUR_IDS = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in
+                  [*((i, class_colour(i)) for i in range(IGNORE_INDEX)), (IGNORE_INDEX, (224, 224, 192))]}
+EXPECTED = ("Pascal VOC masks are palette (mode P) or grey (mode L) PNGs whose pixel value is the class id, or RGB "
+            "PNGs in the VOC colour map. A CVAT "
             "\"Segmentation mask 1.1\" export has colour masks: send it with its labelmap.txt (format 'cvat_mask')")
 
 
@@ -56,7 +64,7 @@ def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sampl
                              f"{listed(unmasked)}")
     images = images_by_stem(tree, root, stems)
     samples = [Sample(sample_stem(path), tree.file(images[stem]),
-                      IdMask(path, tree.file(path), ids, stem, EXPECTED))
+                      IdMask(path, tree.file(path), ids, stem, EXPECTED, VOC_COLOUR_IDS))
                for stem, path in masks.items()]
     objects = posixpath.join(root, OBJECTS) + "/"  # instance masks: part of the layout, not forgotten
     tree.note_unused(report, IMAGE_SUFFIXES, layout=lambda path: path.startswith(objects))
@@ -91,9 +99,9 @@ def segmentation_stems(tree: Tree, root: str) -> list[str]:
     return list(dict.fromkeys(stems))
 
 
-def images_by_stem(tree: Tree, root: str, stems: list[str]) -> dict[str, str]:
+def images_by_stem(tree: Tree, root: str, stems: list[str], source: str = SOURCE) -> dict[str, str]:
     """{stem: archive path} of the images of ``stems`` in JPEGImages/ (any image extension); every
-    stem must have exactly one."""
+    stem must have exactly one. ``source`` names the export in messages (CVAT's has this layout too)."""
     folder = posixpath.join(root, IMAGES)
     found: dict[str, list[str]] = defaultdict(list)
     for path in tree.under(folder, IMAGE_SUFFIXES):
@@ -101,9 +109,9 @@ def images_by_stem(tree: Tree, root: str, stems: list[str]) -> dict[str, str]:
             found[posixpath.splitext(posixpath.basename(path))[0]].append(path)
     missing = [stem for stem in stems if not found.get(stem)]
     if missing:
-        raise UploadRejected(f"{SOURCE} has no image in {folder + '/'!r} for {listed(missing)}: add "
-                             f"{IMAGES}/<name>.jpg for each mask")
+        raise UploadRejected(f"{source} has no image in {folder + '/'!r} for {listed(missing)}: export with the "
+                             f"images (CVAT: \"Save images\"), or add {IMAGES}/<name>.jpg for each mask")
     several = [listed(found[stem]) for stem in stems if len(found[stem]) > 1]
     if several:
-        raise UploadRejected(f"{SOURCE} has several images of one name: {'; '.join(several[:5])}")
+        raise UploadRejected(f"{source} has several images of one name: {'; '.join(several[:5])}")
     return {stem: found[stem][0] for stem in stems}

@@ -115,8 +115,8 @@ def test_one_channel_and_palette_masks_are_read_as_colours(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda e: e.pop("JPEGImages/frame_000001.jpg"), "no image for 'frame_000001'.*Save images"),
-    (lambda e: e.pop("SegmentationClass/frame_000001.png"), "lists image 'frame_000001' but has no"),
+    (lambda e: e.pop("JPEGImages/frame_000001.jpg"), "no image in 'JPEGImages/' for frame_000001: export with the images \\(CVAT: \"Save images\"\\)"),
+    (lambda e: e.pop("SegmentationClass/frame_000001.png"), "lists images 'frame_000001' but has no mask for them in 'SegmentationClass/'"),
     (lambda e: e.update({"labelmap.txt": "car;1,2,3\n"}), r"labelmap.txt line 1: expected label:R,G,B"),
     (lambda e: e.update({"labelmap.txt": "car:1,2,3::\nbus:1,2,3::\n"}), "share the colour"),
     (lambda e: e.update({"labelmap.txt": "car:1,2,300::\n"}), "line 1: expected"),

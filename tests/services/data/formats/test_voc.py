@@ -11,6 +11,7 @@ from PIL import Image
 
 from services.data.formats.voc import VOC_LABELS
 from services.data.upload import UploadRejected
+from services.registry.classes import class_colour
 from tests.services.data.formats.helpers import import_archive, jpeg, photo, png
 
 H, W = 12, 16
@@ -126,7 +127,7 @@ def test_label_ids_may_name_zero_and_255(tmp_path):
 def test_reject_names_every_label_the_spec_does_not(tmp_path):
     masks = {"a": scene(CAT, PERSON), "b": scene(CAT, 40)}
     with pytest.raises(UploadRejected, match=r"'person' \(1 images\), 'value 40' \(1 images\), which the spec does "
-                                             r"not name.*other_labels"):
+                                             r"not name \(pixel values no label is named for: name them in `label_ids`\).*other_labels"):
         import_archive(tmp_path, export(masks), voc("cat"))
 
 
@@ -167,11 +168,21 @@ def test_grey_masks_hold_ids_too(tmp_path):
     assert got.mask("a")[0, 5] == 1 and got.mask("a")[0, 1] == 255
 
 
-def test_colour_masks_are_refused_with_the_way_out(tmp_path):
+def test_colour_masks_are_read_through_the_voc_colour_map(tmp_path):
+    # What CVAT writes for VOC's own labels without a labelmap.txt: RGB masks in the devkit's colours.
+    ids = scene(CAT)
+    entries = export({"a": ids})
+    colour_map = np.array([class_colour(v) for v in range(255)] + [(224, 224, 192)], np.uint8)
+    entries[f"{ROOT}SegmentationClass/a.png"] = png(colour_map[ids])
+    got = import_archive(tmp_path, entries, voc("cat"))
+    assert got.mask("a")[0, 5] == 1 and got.mask("a")[0, 1] == 255
+
+
+def test_colour_masks_outside_the_colour_map_are_refused_with_the_way_out(tmp_path):
     entries = export({"a": scene(CAT)})
-    entries[f"{ROOT}SegmentationClass/a.png"] = png(np.zeros((H, W, 3), np.uint8))
-    with pytest.raises(UploadRejected, match=r"mask 'VOCdevkit/VOC2012/SegmentationClass/a.png' is a RGB image; "
-                                             r"Pascal VOC masks are palette .* labelmap.txt"):
+    entries[f"{ROOT}SegmentationClass/a.png"] = png(np.full((H, W, 3), 7, np.uint8))
+    with pytest.raises(UploadRejected, match=r"mask 'VOCdevkit/VOC2012/SegmentationClass/a.png' has colours "
+                                             r"\[7, 7, 7\] outside the colour map; .* labelmap.txt"):
         import_archive(tmp_path, entries, voc("cat"))
 
 
