@@ -42,8 +42,7 @@ from services.data.formats import read_upload  # noqa: E402
 from services.data.multipart import Received  # noqa: E402
 from services.data.upload import ReceivedFile, prepare_items  # noqa: E402
 from services.jobs.spec import parse_spec  # noqa: E402
-from services.labels import IGNORE_INDEX  # noqa: E402
-from services.registry.classes import class_colour  # noqa: E402
+from services.labels import IGNORE_INDEX, voc_colour  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"
 VOID = "void"
@@ -71,7 +70,7 @@ def write_masks(names, data, zf):
 
 
 def write_cvat(names, data, zf):
-    colours = {"background": (0, 0, 0), **{n: class_colour(k + 1) for k, n in enumerate(names)},
+    colours = {"background": (0, 0, 0), **{n: voc_colour(k + 1) for k, n in enumerate(names)},
                VOID: (224, 224, 192)}
     zf.writestr("labelmap.txt", "# label:color_rgb:parts:actions\n" + "".join(
         f"{n}:{r},{g},{b}::\n" for n, (r, g, b) in colours.items()))
@@ -130,7 +129,7 @@ def write_coco_panoptic(names, data, zf):
 
 
 def write_voc(names, data, zf):
-    palette = [c for v in range(256) for c in class_colour(v if v < 255 else 0)]
+    palette = [c for v in range(256) for c in voc_colour(v)]
     zf.writestr("VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt", "".join(f"{stem}\n" for stem, _, _ in data))
     for stem, jpg, mask in data:
         im = Image.fromarray(np.where(mask == 255, 255, mask + 1).astype(np.uint8), mode="L").convert("P")

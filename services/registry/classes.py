@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.db.models import SemanticClass
-from services.labels import BACKGROUND_INDEX, MAX_CLASS_INDEX
+from services.labels import BACKGROUND_INDEX, MAX_CLASS_INDEX, voc_colour
 
 
 def list_classes(session: Session, model_id: int) -> list[SemanticClass]:
@@ -16,22 +16,14 @@ def list_classes(session: Session, model_id: int) -> list[SemanticClass]:
 
 
 def class_colour(index: int) -> tuple[int, int, int]:
-    """The display colour of a global class index: the Pascal VOC colour map.
+    """The display colour of a global class index: the Pascal VOC colour map (``labels.voc_colour``).
 
     Fixed for all versions (index 0 = black background), distinct for every class index (0..254), so a
-    legend stays valid when classes are added. Bits of the index are spread over R, G and B
-    from the most significant bit down.
+    legend stays valid when classes are added.
     """
     if not BACKGROUND_INDEX <= index <= MAX_CLASS_INDEX:
         raise ValueError(f"class index {index} has no colour: indices run from {BACKGROUND_INDEX} to {MAX_CLASS_INDEX}")
-    r = g = b = 0
-    c = index
-    for shift in range(7, -1, -1):
-        r |= ((c >> 0) & 1) << shift
-        g |= ((c >> 1) & 1) << shift
-        b |= ((c >> 2) & 1) << shift
-        c >>= 3
-    return r, g, b
+    return voc_colour(index)
 
 
 def colour_hex(index: int) -> str:

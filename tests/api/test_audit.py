@@ -86,7 +86,7 @@ def test_every_admin_action_writes_one_event_naming_its_key(client):
     assert all(e["key_name"] is None and e["key_prefix"] is None for e in automatic)
     assert by_action["alias.set"]["detail"] == {"from": None, "to": 1}
     assert by_action["task.cancel"]["detail"] == {"was": "queued"}
-    assert by_action["task.create"]["detail"] == {"classes": ["van"], "method": "mib", "items": 3}
+    assert by_action["task.create"]["detail"] == {"classes": ["van"], "method": "mib", "items": 3, "format": "masks"}
     assert by_action["key.create"]["detail"] == {"name": "cam", "prefix": made["prefix"], "scopes": ["infer"],
                                                  "models": ["north"]}
     assert all(e["at"].endswith(("Z", "+00:00")) for e in events)

@@ -117,7 +117,7 @@ def test_a_registered_task_writes_one_event_and_a_refused_one_none(sessions, pre
 
     task = register({"classes": ["cat", "dog"]}, "first")
     assert events(sessions) == [("task.create", actor.key_id, "m", f"task {task.task_id}",
-                                 {"classes": ["cat", "dog"], "method": "mib", "items": 3})]
+                                 {"classes": ["cat", "dog"], "method": "mib", "items": 3, "format": "masks"})]
     with pytest.raises(RegistrationConflict):
         register({"classes": ["cat"]}, "again")  # the model has a cat already
     assert count(sessions) == 1

@@ -28,8 +28,7 @@ from services.data.formats.base import (
 )
 from services.data.formats.label_ids import IdMask, LabelIds
 from services.data.upload import Sample, UploadRejected, listed
-from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, IGNORE_INDEX
-from services.registry.classes import class_colour
+from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, voc_colour
 
 SOURCE = "the Pascal VOC export"
 MASKS, IMAGES, LISTS, OBJECTS = "SegmentationClass", "JPEGImages", "ImageSets/Segmentation", "SegmentationObject"
@@ -37,10 +36,8 @@ MASKS, IMAGES, LISTS, OBJECTS = "SegmentationClass", "JPEGImages", "ImageSets/Se
 VOC_LABELS = {name: i for i, name in enumerate((
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"))}
-# The devkit's colour map, which VOC's palettes (and CVAT's VOC-label masks) use: id i has colour
-# class_colour(i), and void (255) the map's (224, 224, 192).
-VOC_COLOUR_IDS = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in
-                  [*((i, class_colour(i)) for i in range(IGNORE_INDEX)), (IGNORE_INDEX, (224, 224, 192))]}
+# The devkit's colour map, which VOC's palettes (and CVAT's VOC-label masks) use: {rgb code: id}.
+VOC_COLOUR_IDS = {(r << 16) | (g << 8) | b: i for i in range(256) for r, g, b in [voc_colour(i)]}
 EXPECTED = ("Pascal VOC masks are palette (mode P) or grey (mode L) PNGs whose pixel value is the class id, or RGB "
             "PNGs in the VOC colour map. A CVAT "
             "\"Segmentation mask 1.1\" export has colour masks: send it with its labelmap.txt (format 'cvat_mask')")

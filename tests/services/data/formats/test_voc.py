@@ -11,7 +11,7 @@ from PIL import Image
 
 from services.data.formats.voc import VOC_LABELS
 from services.data.upload import UploadRejected
-from services.registry.classes import class_colour
+from services.labels import voc_colour
 from tests.services.data.formats.helpers import import_archive, jpeg, photo, png
 
 H, W = 12, 16
@@ -172,7 +172,7 @@ def test_colour_masks_are_read_through_the_voc_colour_map(tmp_path):
     # What CVAT writes for VOC's own labels without a labelmap.txt: RGB masks in the devkit's colours.
     ids = scene(CAT)
     entries = export({"a": ids})
-    colour_map = np.array([class_colour(v) for v in range(255)] + [(224, 224, 192)], np.uint8)
+    colour_map = np.array([voc_colour(v) for v in range(256)], np.uint8)
     entries[f"{ROOT}SegmentationClass/a.png"] = png(colour_map[ids])
     got = import_archive(tmp_path, entries, voc("cat"))
     assert got.mask("a")[0, 5] == 1 and got.mask("a")[0, 1] == 255
