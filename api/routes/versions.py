@@ -81,17 +81,18 @@ def get_version(model: ReadModelDep, version: VersionRef, session: SessionDep, s
     **NOT_FOUND, 409: {"description": "it is production, a parent of other versions, or tasks are pending"}})
 def remove_version(model: AdminModelDep, version: VersionRef, session: SessionDep, state: StateDep,
                    caller: AdminDep) -> Response:
-    """Delete a version and its checkpoint. The production version, and versions others descend
-    from, cannot be deleted."""
+    """Delete a version, its checkpoint and its exports. The production version, and versions
+    others descend from, cannot be deleted."""
     row = resolve_version(session, model.id, version)
-    key = delete_version(session, model.id, row.version)
+    objects = delete_version(session, model.id, row.version)
     audit.record(session, caller, audit.Action.VERSION_DELETE, model=model, target=f"version {row.version}",
-                 detail={"checkpoint": key})
+                 detail={"checkpoint": objects.checkpoint})
     session.commit()
     state.inference.refresh()
-    try:
-        state.store.delete(key)
-    except Exception:  # the row is gone: the object is garbage, not a dangling reference
-        log.exception("version %s of model %r is deleted but its checkpoint %s could not be", row.version,
-                      model.name, key)
+    for key in objects.keys:
+        try:
+            state.store.delete(key)
+        except Exception:  # the row is gone: the object is garbage, not a dangling reference
+            log.exception("version %s of model %r is deleted but its object %s could not be", row.version,
+                          model.name, key)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

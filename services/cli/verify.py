@@ -45,7 +45,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _summary(report: Report) -> Iterator[str]:
     how = "sha256" if report.deep else "size"
     yield (f"checked {report.checkpoints} checkpoint(s) (sha256), {report.dataset_objects} dataset object(s) "
-           f"({how}), {report.objects} object(s) in the store")
+           f"({how}), {report.exports} export(s) ({how}), {report.objects} object(s) in the store")
     if report.training_states or report.staged or report.recent:
         yield (f"not judged: {report.training_states} training state(s) of queued or running tasks, "
                f"{report.staged} object(s) of uploads in flight or awaiting cleanup, "
@@ -67,9 +67,10 @@ def _minutes(text: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="check the object store against the database (run it after a restore)",
                        description="Every version's checkpoint is read and checked against its recorded size and "
-                                   "sha256, every dataset image and mask against its size (and sha256 with --deep); "
+                                   "sha256, every dataset image and mask and version export against its size (and "
+                                   "sha256 with --deep); "
                                    "objects no row names are orphans. Exit 0: clean, 1: problems, 2: an error.")
-    p.add_argument("--deep", action="store_true", help="also hash every dataset image and mask (reads them all)")
+    p.add_argument("--deep", action="store_true", help="also hash every dataset image and mask and every export (reads them all)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--grace", type=_minutes, default=10, metavar="MINUTES",
                    help="objects no row names yet are not orphans while younger than this: a checkpoint is stored "

@@ -1,6 +1,6 @@
 """The tables: models (named lineages), and within each model its tasks and their dataset items,
-its classes, its versions and their metrics, its aliases; API keys (and the models a key is limited
-to), worker heartbeats and the audit log of admin actions.
+its classes, its versions with their metrics and exports, its aliases; API keys (and the models a
+key is limited to), worker heartbeats and the audit log of admin actions.
 
 Everything a model owns carries ``model_id``: a class index, a version number and an alias name are
 unique within their model only, so their keys are composite ``(model_id, ...)`` and every foreign
@@ -51,6 +51,14 @@ class TaskStatus(StrEnum):
 
 # A task not finished yet: it holds its model's queue (every layer asks this of the same rows).
 PENDING_STATUSES = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
+
+
+class ExportFormat(StrEnum):
+    """What a version can be exported as (``GET .../versions/{v}/export?format=``, ``strata export``)."""
+
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+    TRITON = "triton"  # a Triton model repository (zip): config.pbtxt and the ONNX model
 
 
 class Split(StrEnum):
@@ -237,6 +245,28 @@ class ClassMetric(Base):
     forgetting: Mapped[float | None]  # parent's IoU minus this version's, for classes both know
 
     model: Mapped[ModelVersion] = relationship(back_populates="metrics")
+
+
+class VersionExport(Base):
+    """A version exported for another runtime, cached in the object store: rebuilt whenever the row
+    is missing, or was written under another export ``contract`` (the metadata and graph's layout).
+    Deleted with its version (and its object after the commit: ``registry/versions.delete_version``)."""
+
+    __tablename__ = "version_exports"
+    __table_args__ = (
+        CheckConstraint(_in("format", ExportFormat), name="format_valid"),
+        ForeignKeyConstraint(["model_id", "version"], ["model_versions.model_id", "model_versions.version"],
+                             name="fk_version_exports_version_model_versions", ondelete="CASCADE"),
+    )
+
+    model_id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    format: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    contract: Mapped[str] = mapped_column(String(32))  # "strata-export/1": what the file's metadata follows
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Alias(Base):

@@ -28,6 +28,7 @@ from services.db.models import (
 )
 from services.errors import Conflict, InvalidInput, NotFound
 from services.registry.aliases import LATEST, PRODUCTION
+from services.registry.exports import delete_exports
 from services.registry.policy import PromotionPolicy
 from services.text import reordering_character
 
@@ -224,6 +225,7 @@ def delete_model(session: Session, row: Model, confirm: str | None) -> ModelObje
     session.execute(update(ModelVersion).where(ModelVersion.model_id == mid).values(parent_version=None))
     session.execute(delete(Alias).where(Alias.model_id == mid))
     session.execute(delete(ClassMetric).where(ClassMetric.model_id == mid))
+    delete_exports(session, mid)  # their objects are under models/{id}/, deleted with the rest
     session.execute(delete(ModelVersion).where(ModelVersion.model_id == mid))
     session.execute(delete(SemanticClass).where(SemanticClass.model_id == mid))
     task_ids = select(Task.id).where(Task.model_id == mid).scalar_subquery()

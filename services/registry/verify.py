@@ -4,8 +4,8 @@ An operator runs it after restoring a backup (docs/operations.md): the database 
 copied separately, so either may lack what the other names. Three kinds of trouble:
 
 - a row that names an object the store does not have, or has with another size or sha256
-  (every checkpoint is read and hashed; dataset images and masks are compared by size, and
-  hashed too with ``deep``);
+  (every checkpoint is read and hashed; dataset images and masks and version exports are compared
+  by size, and hashed too with ``deep``);
 - an object no row names (an orphan): left behind, or written after the database's dump;
 - nothing else: the training state of a queued or running task (``training/{task}/last.pt``) and
   the objects under a staged upload's prefix (in flight, or failed and awaiting the API's sweep:
@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from services.db.models import PENDING_STATUSES, DatasetItem, Model, ModelVersion, StagedUpload, Task
+from services.db.models import PENDING_STATUSES, DatasetItem, Model, ModelVersion, StagedUpload, Task, VersionExport
 from services.storage import ObjectInfo, ObjectNotFound, ObjectStore
 from services.storage.keys import key_owner, training_state_key
 from services.storage.streams import CHUNK_SIZE, HashingReader
@@ -54,6 +54,7 @@ class Report:
     deep: bool
     checkpoints: int = 0  # versions whose checkpoint was read and hashed
     dataset_objects: int = 0  # images and masks checked (by size, or hashed too when deep)
+    exports: int = 0  # version exports checked (by size, or hashed too when deep)
     objects: int = 0  # objects in the store
     training_states: int = 0  # objects of queued or running tasks: expected, no row names them
     staged: int = 0  # objects of uploads in flight or awaiting their cleanup: expected too
@@ -75,7 +76,7 @@ class _Expected:
     key: str
     size: int
     sha256: str
-    what: str  # "checkpoint of version 3", "mask of item 'img01'"
+    what: str  # "checkpoint of version 3", "mask of item 'img01'", "onnx export of version 3"
     hash: bool
     model: str
     version: int | None = None
@@ -92,15 +93,16 @@ def verify(sessions: sessionmaker[Session], store: ObjectStore, *, deep: bool = 
     with sessions() as session:
         names = dict(session.execute(select(Model.id, Model.name)).all())
         checkpoints, dataset = list(_checkpoints(session, names)), list(_dataset_objects(session, names, deep))
+        exports = list(_exports(session, names, deep))
         pending = {training_state_key(m, t) for t, m in session.execute(
             select(Task.id, Task.model_id).where(Task.status.in_(PENDING_STATUSES)))}
         staged = tuple(session.scalars(select(StagedUpload.prefix)))
-    report.checkpoints, report.dataset_objects = len(checkpoints), len(dataset)
-    for item in tqdm([*checkpoints, *dataset], desc="verify", unit="object", disable=not progress):
+    report.checkpoints, report.dataset_objects, report.exports = len(checkpoints), len(dataset), len(exports)
+    for item in tqdm([*checkpoints, *dataset, *exports], desc="verify", unit="object", disable=not progress):
         problem = _check(store, item, listed.get(item.key))
         if problem is not None:
             report.problems.append(problem)
-    named = {e.key for e in (*checkpoints, *dataset)}
+    named = {e.key for e in (*checkpoints, *dataset, *exports)}
     cutoff = datetime.now(timezone.utc) - timedelta(seconds=grace_s)
     for key, info in listed.items():
         if key in named:
@@ -135,6 +137,14 @@ def _dataset_objects(session: Session, names: dict[int, str], deep: bool) -> Ite
                         model, task_id=item.task_id)
 
 
+def _exports(session: Session, names: dict[int, str], deep: bool) -> Iterator[_Expected]:
+    rows = session.execute(select(VersionExport).order_by(VersionExport.model_id, VersionExport.version,
+                                                          VersionExport.format))
+    for (row,) in rows:
+        yield _Expected(row.key, row.bytes, row.sha256, f"{row.format} export of version {row.version}", deep,
+                        names[row.model_id], row.version)
+
+
 def _check(store: ObjectStore, item: _Expected, info: ObjectInfo | None) -> Problem | None:
     def problem(kind: str, detail: str) -> Problem:
         return Problem(kind, item.key, f"{item.what}: {detail}", item.model, item.version, item.task_id)
@@ -166,6 +176,7 @@ def _orphan(key: str, names: dict[int, str]) -> Problem:
     owner = key_owner(key)
     model = None if owner.model_id is None else names.get(owner.model_id, f"#{owner.model_id} (deleted)")
     whose = {"checkpoint": f"a checkpoint of version {owner.version}",
+             "export": f"an export of version {owner.version}",
              "dataset": f"a dataset object of task {owner.task_id}",
              "training state": f"the training state of task {owner.task_id}, which is not queued or running"}
     detail = whose.get(owner.kind or "", "an object Strata did not write")

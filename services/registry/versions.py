@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select
@@ -23,6 +24,7 @@ from services.db.models import Alias, ClassMetric, Model, ModelVersion, Semantic
 from services.evaluation.metrics import forgetting_vs, iou_from_counts, mean
 from services.registry.aliases import ALIAS_PATTERN, LATEST, PRODUCTION, get_alias, set_alias
 from services.registry.errors import InvalidVersionRecord, VersionInUse, VersionNotFound
+from services.registry.exports import delete_exports
 from services.registry.models import pending_task_ids, promotion_policy
 from services.registry.policy import Candidate, PromotionDecision, decide
 
@@ -109,9 +111,22 @@ def training_durations(session: Session) -> list[tuple[str, float]]:
     return [(name, (end - start).total_seconds()) for name, start, end in rows]
 
 
-def delete_version(session: Session, model_id: int, version: int) -> str:
-    """Delete a version, its metrics and the people's aliases naming it; returns its checkpoint's
-    key, to delete once committed. ``latest`` moves back to the newest remaining version.
+@dataclass(frozen=True)
+class VersionObjects:
+    """The objects a deleted version's rows named: to delete once the deletion is committed."""
+
+    checkpoint: str
+    exports: list[str]
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.checkpoint, *self.exports]
+
+
+def delete_version(session: Session, model_id: int, version: int) -> VersionObjects:
+    """Delete a version, its metrics, its exports' records and the people's aliases naming it;
+    returns the objects they named, to delete once committed. ``latest`` moves back to the newest
+    remaining version.
 
     Refused (VersionInUse) for the production version, a version others descend from, and while
     the model has queued or running tasks (one of them may be about to start from it)."""
@@ -136,13 +151,13 @@ def delete_version(session: Session, model_id: int, version: int) -> str:
         if task.parent_version == version:
             task.parent_version = None
     session.execute(delete(Alias).where(Alias.model_id == model_id, Alias.version == version))
-    key = row.checkpoint_key
+    objects = VersionObjects(row.checkpoint_key, delete_exports(session, model_id, version))
     session.delete(row)
     session.flush()
     newest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model_id))
     if newest is not None:
         set_alias(session, model_id, LATEST, newest)
-    return key
+    return objects
 
 
 def record_version(

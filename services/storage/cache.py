@@ -3,6 +3,8 @@
 - ``datasets/{task_id}/...``: a task's images and masks, at their object keys;
 - ``checkpoints/{model_id}/{version}/model.pt``: a version's model file (the worker's parent model,
   the API's served versions);
+- ``exports/{model_id}/{version}/{file name}``: a version exported for another runtime (the API's
+  and ``strata export``'s copies of what the store caches);
 - ``train/{task_id}/``: a running task's training state (its newest epoch checkpoint).
 
 A copy is used only while its sha256 matches the one recorded at upload; otherwise it is fetched
@@ -27,6 +29,18 @@ def object_path(cache_dir: Path, key: str) -> Path:
 def checkpoint_path(cache_dir: Path, model_id: int, version: int) -> Path:
     """Where a version's model file is kept, whatever its object key."""
     return Path(cache_dir) / "checkpoints" / str(int(model_id)) / str(int(version)) / "model.pt"
+
+
+def export_dir(cache_dir: Path, model_id: int, version: int) -> Path:
+    """Where a version's exports are kept (and built)."""
+    return Path(cache_dir) / "exports" / str(int(model_id)) / str(int(version))
+
+
+def export_path(cache_dir: Path, model_id: int, version: int, filename: str) -> Path:
+    """Where one of a version's exports is kept; ``filename`` says which (``onnx-{sha256[:16]}.onnx``)."""
+    if Path(filename).name != filename or filename in (".", ".."):
+        raise ValueError(f"an export's file name must be a plain name, got {filename!r}")
+    return export_dir(cache_dir, model_id, version) / filename
 
 
 def training_dir(cache_dir: Path, task_id: str) -> Path:

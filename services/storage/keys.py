@@ -100,6 +100,13 @@ def checkpoint_key(model_id: int, version: int, sha256: str) -> str:
     return validate_key(f"{model_prefix(model_id)}checkpoints/{version}/model-{sha256[:16]}.pt")
 
 
+def export_key(model_id: int, version: int, format: str, sha256: str, extension: str) -> str:
+    """A version exported for another runtime (``format``: onnx, torchscript, triton; ``extension``
+    with the dot). The digest in the name: two requests that exported at once never overwrite the
+    bytes a row points at."""
+    return validate_key(f"{model_prefix(model_id)}exports/{version}/{format}-{sha256[:16]}{extension}")
+
+
 def training_state_key(model_id: int, task_id: str) -> str:
     """A running task's newest epoch checkpoint, so another machine can resume it."""
     return validate_key(f"{model_prefix(model_id)}training/{task_id}/last.pt")
@@ -110,16 +117,16 @@ def training_state_key(model_id: int, task_id: str) -> str:
 # legacy keys included. Only this module knows the layout, so the parsing lives beside the builders.
 _OWNER = re.compile(
     r"(?:models/(?P<model_id>[0-9]+)/)?"
-    r"(?:(?P<kind>datasets|training)/(?P<task_id>[^/]+)/|checkpoints/(?P<version>[0-9]+)/)"
+    r"(?:(?P<kind>datasets|training)/(?P<task_id>[^/]+)/|(?P<of_version>checkpoints|exports)/(?P<version>[0-9]+)/)"
 )
-_KINDS = {"datasets": "dataset", "training": "training state", None: "checkpoint"}
+_KINDS = {"datasets": "dataset", "training": "training state", "checkpoints": "checkpoint", "exports": "export"}
 
 
 @dataclass(frozen=True)
 class KeyOwner:
     """What a key of the layout above belongs to; every field is None where the key does not say."""
 
-    kind: str | None = None  # "dataset", "checkpoint" or "training state"
+    kind: str | None = None  # "dataset", "checkpoint", "export" or "training state"
     model_id: int | None = None
     task_id: str | None = None
     version: int | None = None
@@ -132,5 +139,5 @@ def key_owner(key: str) -> KeyOwner:
         model = re.match(r"models/([0-9]+)/", key)
         return KeyOwner(model_id=int(model[1]) if model else None)
     model_id, version = found["model_id"], found["version"]
-    return KeyOwner(_KINDS[found["kind"]], int(model_id) if model_id else None, found["task_id"],
+    return KeyOwner(_KINDS[found["kind"] or found["of_version"]], int(model_id) if model_id else None, found["task_id"],
                     int(version) if version else None)

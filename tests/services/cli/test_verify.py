@@ -12,15 +12,16 @@ import pytest
 
 from services.cli.main import main
 from services.config import get_settings, settings_env
-from services.db.models import DatasetItem, ModelVersion, Task, TaskStatus
+from services.db.models import DatasetItem, ExportFormat, ModelVersion, Task, TaskStatus
 from services.db.session import make_engine, make_session_factory, session_scope
 from services.jobs.lifecycle import request_cancel
 from services.jobs.staging import stage
 from services.registry.aliases import promote
+from services.registry.exports import record_export
 from services.registry.models import create_model
 from services.registry.verify import MISSING, ORPHAN, SHA256_MISMATCH, SIZE_MISMATCH, verify
 from services.storage import FilesystemStore, open_store
-from services.storage.keys import checkpoint_key, dataset_prefix, training_state_key
+from services.storage.keys import checkpoint_key, dataset_prefix, export_key, training_state_key
 from tests.services.jobs.test_registration import register
 
 CHECKPOINT = bytes(range(256)) * 40  # stands in for a model file: nothing here loads it
@@ -112,7 +113,7 @@ def test_a_clean_deployment_passes(deployment, strata_verify):
     assert (report.checkpoints, report.dataset_objects, report.objects, report.training_states) == (1, 10, 12, 1)
     code, out = strata_verify()
     assert code == 0, out
-    assert "checked 1 checkpoint(s) (sha256), 10 dataset object(s) (size), 12 object(s)" in out
+    assert "checked 1 checkpoint(s) (sha256), 10 dataset object(s) (size), 0 export(s) (size), 12 object(s)" in out
     assert out.rstrip().endswith("no problems")
 
 
@@ -211,3 +212,26 @@ def test_an_unreachable_database_or_bad_arguments_exit_2(embedded_settings, monk
     finally:
         get_settings.cache_clear()
 
+
+
+def test_exports_are_owned_by_their_rows(deployment, strata_verify):
+    """A version's export is checked like a dataset object (size; sha256 with --deep); one no row
+    names is an orphan of its version."""
+    export = deployment.store.put_bytes(export_key(deployment.model_id, 1, "onnx", "a" * 64, ".onnx"), b"an onnx file")
+    with session_scope(deployment.sessions) as s:
+        record_export(s, deployment.model_id, 1, ExportFormat.ONNX, key=export.key, sha256=export.sha256,
+                      size=export.size, contract="strata-export/1")
+    report = deployment.verify(deep=True)
+    assert report.ok and (report.exports, report.objects) == (1, 13)
+    assert "1 export(s) (size)" in strata_verify()[1]
+    deployment.overwrite_in_place(export.key, b"an onnx fil!")
+    assert deployment.verify().ok  # sizes only
+    assert kinds(deployment.verify(deep=True)) == [(SHA256_MISMATCH, export.key)]
+    deployment.store.delete(export.key)
+    [problem] = deployment.verify().problems
+    assert (problem.kind, problem.version, problem.detail) == (
+        MISSING, 1, "onnx export of version 1: the database names it, the store does not have it")
+    stray = export_key(deployment.model_id, 1, "torchscript", "b" * 64, ".pt")
+    deployment.store.put_bytes(stray, b"left behind")
+    assert [(p.kind, p.key, p.version, p.detail) for p in deployment.verify().problems if p.kind == ORPHAN] == [
+        (ORPHAN, stray, 1, "an export of version 1; no row names it")]

@@ -21,6 +21,7 @@ TABLES = {
     "api_keys",
     "audit_events",
     "staged_uploads",
+    "version_exports",
     "class_metrics",
     "classes",
     "dataset_items",
