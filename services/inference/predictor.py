@@ -101,14 +101,7 @@ class Predictor:
     def load(cls, spec: VersionSpec, store: ObjectStore, cache_dir: Path, device: str = "auto") -> "Predictor":
         """Download (or reuse) the checkpoint, load it with its sha256 checked, warm it up."""
         started = time.perf_counter()
-        path = checkpoint_path(cache_dir, spec.model_id, spec.version)
-        try:
-            fetch(store, spec.checkpoint_key, spec.checkpoint_sha256, path)
-            loaded = load_model(path, expected_sha256=spec.checkpoint_sha256)
-        except Exception as err:  # missing object, corrupt file, checksum mismatch, unreadable checkpoint
-            raise ModelLoadError(f"model version {spec.version} cannot be loaded: {err}") from err
-        _check_matches_registry(spec, loaded.model, loaded.class_map)
-        predictor = cls(spec, loaded.model, resolve_device(device))
+        predictor = cls(spec, load_version_model(spec, store, cache_dir), resolve_device(device))
         predictor.warm_up()
         log.info("loaded model %r version %s (%s, %s classes, image size %s) on %s in %.2f s", spec.model_name,
                  spec.version,
@@ -140,6 +133,19 @@ class Predictor:
             logits = predict_logits(self.model, x, sizes, memory_format=self.memory_format)  # [C, H_i, W_i] each
             indices = [self.channel_to_index[one.argmax(dim=0)] for one in logits]  # [H_i, W_i] each
         return [ix.cpu().numpy() for ix in indices]
+
+
+def load_version_model(spec: VersionSpec, store: ObjectStore, cache_dir: Path) -> SegModel:
+    """The version's network on the CPU, in eval mode: its checkpoint downloaded (or the local copy
+    reused) and loaded with its sha256 checked, and checked against the registry's description."""
+    path = checkpoint_path(cache_dir, spec.model_id, spec.version)
+    try:
+        fetch(store, spec.checkpoint_key, spec.checkpoint_sha256, path)
+        loaded = load_model(path, expected_sha256=spec.checkpoint_sha256)
+    except Exception as err:  # missing object, corrupt file, checksum mismatch, unreadable checkpoint
+        raise ModelLoadError(f"model version {spec.version} cannot be loaded: {err}") from err
+    _check_matches_registry(spec, loaded.model, loaded.class_map)
+    return loaded.model
 
 
 def _check_matches_registry(spec: VersionSpec, model: SegModel, checkpoint_names: Mapping[int, str]) -> None:
