@@ -19,6 +19,7 @@ from api.routes import (
     audit,
     classes,
     compare,
+    exports,
     health,
     keys,
     models,
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(versions.router)
     app.include_router(versions.scores_router)
     app.include_router(samples.router)
+    app.include_router(exports.router)
     app.include_router(compare.router)
     app.include_router(aliases.router)
     app.include_router(classes.router)
