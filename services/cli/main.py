@@ -12,7 +12,7 @@ import sys
 
 from services.errors import StrataError
 
-COMMANDS = ("run", "worker", "db", "verify", "experiment", "bench")
+COMMANDS = ("run", "worker", "db", "verify", "export", "experiment", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
