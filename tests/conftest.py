@@ -111,17 +111,13 @@ def _own_postgres_cluster() -> Iterator:
 def own_postgres(_own_postgres_cluster):
     """A PostgreSQL of the test session's own on a spare port, running when the test starts (a test
     may stop it; it is started again afterwards), its ``strata`` database's schema emptied."""
-    import psycopg
-
-    from tests.servers import wait_for_port
+    from tests.servers import empty_postgres, wait_for_port
 
     server = _own_postgres_cluster
     if not port_open("127.0.0.1", server.port):
         server.start()
     wait_for_port(server.port, up=True)
-    with psycopg.connect(server.url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
+    empty_postgres(server.url)
     yield server
     if not port_open("127.0.0.1", server.port):
         server.start()
@@ -163,13 +159,10 @@ def server_settings(data_dir: Path, postgres_url: str, redis_url: str, s3_endpoi
 
     The Postgres database is shared by the test session, so each test starts from an empty schema.
     """
-    import psycopg
-
     from services.config import load_settings
+    from tests.servers import empty_postgres
 
-    with psycopg.connect(postgres_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
+    empty_postgres(postgres_url)
 
     return load_settings(
         data_dir=data_dir,

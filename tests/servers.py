@@ -22,6 +22,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def empty_postgres(url: str) -> None:
+    """Empty a test database's ``public`` schema. Connections left by an earlier test (a pool a
+    finished app did not close, a housekeeping thread mid-query) are ended first: one holding a lock
+    on a table would make the DROP wait on it, or deadlock with it."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
 def wait_for_port(port: int, *, up: bool, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

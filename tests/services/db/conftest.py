@@ -10,26 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from services.config import Settings, load_settings
 from services.db.session import make_engine
-
-
-def reset_postgres(url: str) -> None:
-    """Drop everything in the shared test database (tables, alembic_version, sequences)."""
-    engine = make_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-    finally:
-        engine.dispose()
+from tests.servers import empty_postgres
 
 
 @pytest.fixture
 def pg_settings(data_dir: Path, postgres_url: str) -> Settings:
-    reset_postgres(postgres_url)
+    empty_postgres(postgres_url)
     return load_settings(data_dir=data_dir, database_url=postgres_url)
 
 
