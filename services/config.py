@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     worker_threads: int | None = Field(None, ge=1, le=1024, description=(
         "CPU threads of each training process (OMP_NUM_THREADS); default: the cores shared among the "
         "worker's processes. Set it when several workers share one host's CPUs."))
+    backbone_weights_dir: Path | None = Field(None, description=(
+        "A directory of ImageNet backbone weight files under torchvision's own names (e.g. "
+        "mobilenet_v3_large-8738ca79.pth, resnet101-63fe2227.pth), looked in first when a model's first task "
+        "asks for a pretrained backbone: what air-gapped workers use instead of a download."))
 
     @field_validator("database_url")
     @classmethod

@@ -182,6 +182,19 @@ def settings(request: pytest.FixtureRequest):
     return request.getfixturevalue(f"{request.param}_settings")
 
 
+# --- no internet ---------------------------------------------------------------------------
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub cache, and every HTTPS request sent to a closed local port: a machine that
+    cannot download torchvision's weights. Returns the (absent) hub checkpoints folder."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
 # --- a prepared service: schema at head, store ready -------------------------------------
 @pytest.fixture
 def prepared(settings):

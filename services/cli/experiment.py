@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from services.experiments.config import ExperimentConfig
     from services.experiments.results import write_result
     from services.experiments.runner import run_experiment
+    from services.learning.errors import PretrainedWeightsUnavailable
 
     try:
         config = ExperimentConfig(
@@ -105,7 +106,11 @@ def run(args: argparse.Namespace) -> int:
         )
         result = run_experiment(config, progress=not args.quiet)
     except StrataError as err:  # bad settings, data or weights: said in the flags' terms, no traceback
-        print(f"strata experiment: {err}", file=sys.stderr)
+        hint = ""
+        if isinstance(err, PretrainedWeightsUnavailable):
+            hint = (f". Download {err.file_name} elsewhere and pass --backbone-weights PATH, or train from random "
+                    "initialisation with --no-pretrained")
+        print(f"strata experiment: {err}{hint}", file=sys.stderr)
         return 2
     if args.out is not None:
         write_result(result, args.out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from services.errors import dependency_of
+from services.learning.errors import PretrainedWeightsUnavailable
 
 # "Traceback (most recent call last):" (also "Original Traceback ..." from a DataLoader worker)
 # starts a block of indented frame lines; the unindented line after it is the error: kept.
@@ -28,6 +29,10 @@ def describe(err: BaseException) -> str:
     down, which one only (its address and the driver's words stay in the worker's log)."""
     if dependency := dependency_of(err):
         return f"{type(err).__name__}: {dependency} unavailable (the worker's log has the details)"
+    if isinstance(err, PretrainedWeightsUnavailable):  # what to change, in the task spec's terms
+        return (f"{type(err).__name__}: {err}. Put {err.file_name} in STRATA_BACKBONE_WEIGHTS_DIR on the workers, or "
+                "submit the task again with hyperparameters.backbone_weights (a weights file on the worker) or "
+                "hyperparameters.pretrained_backbone: false (random initialisation)")
     return f"{type(err).__name__}: {err}"
 
 

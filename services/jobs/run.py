@@ -66,7 +66,8 @@ def run_training_task(ctx: JobContext, task_id: str) -> str:
 
 
 def _train_and_record(ctx: JobContext, plan: StepPlan) -> int:
-    config = plan.spec.step_config(first=plan.parent is None, step_index=plan.step_index, train=WORKER_TRAIN_SETTINGS)
+    config = plan.spec.step_config(first=plan.parent is None, step_index=plan.step_index, train=WORKER_TRAIN_SETTINGS,
+                                   weights_dir=ctx.settings.backbone_weights_dir)
     cache = ctx.settings.cache_dir
     scoring = scoring_sets(ctx.store, cache, plan)  # fetched before the hours of training: fail early
     hooks = StepHooks(

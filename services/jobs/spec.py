@@ -93,8 +93,8 @@ class Hyperparameters(BaseModel):
                              description=f"Random seed of the run (default {TrainConfig.seed}).")
     pretrained_backbone: bool | None = Field(
         None, description="First task only: start the encoder from torchvision's ImageNet weights "
-        f"(default {str(StepConfig.pretrained_backbone).lower()}; the worker must be able to download them or "
-        "find them in TORCH_HOME).")
+        f"(default {str(StepConfig.pretrained_backbone).lower()}; the worker finds them in STRATA_BACKBONE_WEIGHTS_DIR "
+        "or its torch hub cache, or downloads them; false: random initialisation).")
     backbone_weights: str | None = Field(
         None, max_length=1024, description="First task only: a backbone weights file on the worker's disk.")
 
@@ -329,16 +329,18 @@ class ResolvedSpec(TaskSpec):
                 del out[optional]
         return out
 
-    def step_config(self, *, first: bool, step_index: int, train: dict[str, Any]) -> StepConfig:
+    def step_config(self, *, first: bool, step_index: int, train: dict[str, Any],
+                    weights_dir: Path | None = None) -> StepConfig:
         """How the worker trains this task: ``train`` holds the worker's own TrainConfig settings
-        (device, logging); everything else is the spec's or the engine's default."""
+        (device, logging) and ``weights_dir`` its directory of backbone weight files
+        (STRATA_BACKBONE_WEIGHTS_DIR); everything else is the spec's or the engine's default."""
         hp = self.hyperparameters
         return StepConfig(
             method=self.method,
             train=TrainConfig(epochs=self.epochs, batch_size=self.batch_size, **hp.train_settings(), **train),
             loss_weights={} if first else hp.loss_weights(),  # a first step has nothing to distil
             architecture=self.architecture, step_index=step_index,
-            **(hp.first_step_settings() if first else {}),
+            **({**hp.first_step_settings(), "backbone_weights_dir": weights_dir} if first else {}),
         )
 
 

@@ -101,6 +101,7 @@ class StepConfig:
     architecture: str = DEFAULT_ARCHITECTURE
     pretrained_backbone: bool = True
     backbone_weights: Path | None = None
+    backbone_weights_dir: Path | None = None  # where ImageNet weight files are looked for first (offline)
     step_index: int = 0
 
     @property

@@ -84,7 +84,7 @@ def prepare_step(config: StepConfig, previous: SegModel | None,
     if previous is None:
         torch.manual_seed(config.train.seed)  # the random initialisation is part of the seeded run
         model = build_model(config.architecture, num_classes, pretrained_backbone=config.pretrained_backbone,
-                            backbone_weights=config.backbone_weights)
+                            backbone_weights=config.backbone_weights, weights_dir=config.backbone_weights_dir)
         return model, None, build_method(BASE_METHOD, 0)  # nothing to distil from: plain L_CE
     method = build_method(config.method, previous.num_classes, **config.loss_weights)
     previous.requires_grad_(False)

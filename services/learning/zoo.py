@@ -6,9 +6,11 @@ feature distillation (L'_E) compares. The encoder is the backbone up to its last
 before the decoder/ASPP: ``"out"`` for DeepLab v3 and FCN, ``"high"`` for LR-ASPP.
 
 Pretrained backbones: a local file (``backbone_weights``) is always preferred; without one,
-``pretrained_backbone=True`` asks torchvision for the ImageNet weights, which come from the
-torch hub cache (``$TORCH_HOME/hub/checkpoints``) or a download. When neither works,
-``PretrainedWeightsUnavailable`` says what to do instead.
+``pretrained_backbone=True`` asks for torchvision's ImageNet weights, taken from a directory of
+weight files under torchvision's own file names (``weights_dir``: an air-gapped deployment's), the
+torch hub cache (``$TORCH_HOME/hub/checkpoints``) or a download, in that order. When none works,
+``PretrainedWeightsUnavailable`` says which file was looked for and where; what the user should
+change is said by the interface that asked (a spec field, a flag), not here.
 
 Nothing here touches CUDA: models are built on the CPU.
 """
@@ -32,16 +34,8 @@ from torchvision.models import (
 )
 from torchvision.models import segmentation as tv_seg
 
-from services.errors import InvalidInput, Unavailable
+from services.learning.errors import BackboneWeightsMismatch, PretrainedWeightsUnavailable
 from services.learning.names import ARCHITECTURES
-
-
-class PretrainedWeightsUnavailable(Unavailable):
-    """ImageNet backbone weights were asked for but are neither cached nor downloadable."""
-
-
-class BackboneWeightsMismatch(InvalidInput):
-    """A backbone weights file does not fit the architecture's backbone."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +148,7 @@ def build_model(
     *,
     pretrained_backbone: bool = False,
     backbone_weights: Path | None = None,
+    weights_dir: Path | None = None,
 ) -> SegModel:
     """Build ``arch`` with ``num_classes`` output channels (index 0 = background), on the CPU.
 
@@ -161,7 +156,7 @@ def build_model(
         checkpoint (e.g. ``resnet101-63fe2227.pth``), a bare backbone state dict, or a
         segmentation checkpoint whose ``backbone.*`` entries are used. Loaded strictly.
     pretrained_backbone: without ``backbone_weights``, use torchvision's ImageNet weights
-        (cache or download); raises ``PretrainedWeightsUnavailable`` when impossible.
+        (``weights_dir``, cache or download); raises ``PretrainedWeightsUnavailable`` when impossible.
     """
     spec = _spec(arch)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -174,23 +169,32 @@ def build_model(
     if backbone_weights is not None:
         load_backbone_weights(model, _read_state_dict(Path(backbone_weights)), source=str(backbone_weights))
     elif pretrained_backbone:
-        load_backbone_weights(model, imagenet_state_dict(arch), source=spec.imagenet_weights.url)
+        state, source = imagenet_state_dict(arch, weights_dir)
+        load_backbone_weights(model, state, source=source)
     return model
 
 
-def imagenet_state_dict(arch: str) -> dict[str, Tensor]:
-    """torchvision's ImageNet classification weights for ``arch``'s backbone (cache or download)."""
+def imagenet_weights_file(arch: str) -> str:
+    """torchvision's file name of ``arch``'s ImageNet backbone weights (as its URL and cache name it)."""
+    return Path(_spec(arch).imagenet_weights.url).name
+
+
+def imagenet_state_dict(arch: str, weights_dir: Path | None = None) -> tuple[dict[str, Tensor], str]:
+    """torchvision's ImageNet classification weights for ``arch``'s backbone and where they came
+    from: ``weights_dir`` if it holds the file, else the torch hub cache or a download."""
     weights = _spec(arch).imagenet_weights
+    file_name = imagenet_weights_file(arch)
+    if weights_dir is not None and (Path(weights_dir) / file_name).is_file():
+        return _read_state_dict(Path(weights_dir) / file_name), str(Path(weights_dir) / file_name)
     try:
-        return weights.get_state_dict(progress=False)
+        return weights.get_state_dict(progress=False), weights.url
     except (OSError, http.client.HTTPException) as err:  # URLError and socket errors are OSErrors
         cache = Path(torch.hub.get_dir()) / "checkpoints"
+        where = (f"in neither the weights directory {weights_dir} nor the torch hub cache {cache}"
+                 if weights_dir is not None else f"not in the torch hub cache {cache}")
         raise PretrainedWeightsUnavailable(
-            f"ImageNet weights for the {arch} backbone ({weights}) are not in the torch hub cache "
-            f"{cache} and could not be downloaded from {weights.url}: {err}. "
-            f"Download that file elsewhere and pass --backbone-weights PATH (or put it in {cache}), "
-            f"or train from random initialisation with --no-pretrained."
-        ) from err
+            f"ImageNet weights for the {arch} backbone ({file_name}) are {where}, and could not be downloaded "
+            f"from {weights.url}: {err}", file_name=file_name) from err
 
 
 def load_backbone_weights(model: SegModel, state: Mapping[str, Tensor], *, source: str = "state dict") -> None:

@@ -170,6 +170,16 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, shapes: Path,
     assert "covers 4 classes" in capsys.readouterr().err
 
 
+def test_cli_says_what_to_do_without_imagenet_weights_in_its_flags(tmp_path: Path, shapes: Path, capsys,
+                                                                    offline_hub: Path) -> None:
+    argv = ["experiment", "--data", str(shapes), "--scenario", "2-1", "--method", "ft", "--model",
+            "lraspp_mobilenet_v3_large", "--image-size", str(SIZE), "--cache-dir", str(tmp_path), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "mobilenet_v3_large-" in err and "--backbone-weights PATH" in err and "--no-pretrained" in err
+    assert "hyperparameters." not in err  # the task spec's terms are the API's, not this command's
+
+
 def test_format_table() -> None:
     result = {
         "method": "ld", "scenario": "2-1", "protocol": "disjoint",

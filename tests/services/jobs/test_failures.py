@@ -92,3 +92,52 @@ def test_a_dependency_that_was_down_is_named_not_located():
     except RuntimeError as err:
         assert describe(err) == "RuntimeError: object store unavailable (the worker's log has the details)"
     assert describe(ValueError("lr must be positive")) == "ValueError: lr must be positive"
+
+
+# --- a first task on a worker that cannot download ImageNet weights ------------------------------
+FIRST = {"classes": ["cat"], "epochs": 1, "architecture": "lraspp_mobilenet_v3_large", "image_size": 32,
+         "batch_size": 2}  # pretrained_backbone left out: its default, true
+
+
+def _run_first_task(settings, tmp_path):
+    from services.jobs.run import run_training_task  # imports torch: only these tests pay for it
+
+    engine = make_engine(settings)
+    try:
+        sessions = make_session_factory(engine)
+        store = open_store(settings)
+        with sessions.begin() as s:
+            create_model(s, "m")
+        task_id = register((settings, sessions, store), tmp_path, FIRST, n=3).task_id
+        run_training_task(JobContext(settings, sessions, store, "test-worker"), task_id)
+        with sessions() as s:
+            return task_view(s, task_id)
+    finally:
+        engine.dispose()
+
+
+def test_missing_weights_fail_the_task_saying_what_to_change_in_the_spec(prepared, tmp_path, offline_hub):
+    from services.learning.zoo import imagenet_weights_file
+
+    view = _run_first_task(prepared, tmp_path)
+    assert view.status == "failed" and view.error.startswith("PretrainedWeightsUnavailable: ImageNet weights")
+    # In the terms of the interface the task came through: the spec's fields and the workers' setting.
+    assert imagenet_weights_file("lraspp_mobilenet_v3_large") in view.error
+    for words in ("STRATA_BACKBONE_WEIGHTS_DIR", "hyperparameters.backbone_weights",
+                  "hyperparameters.pretrained_backbone: false"):
+        assert words in view.error
+    assert "--no-pretrained" not in view.error and "--backbone-weights" not in view.error
+
+
+def test_a_first_task_takes_its_weights_from_the_workers_weights_dir(prepared, tmp_path, offline_hub):
+    import torch
+    import torchvision
+
+    from services.learning.zoo import imagenet_weights_file
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(torchvision.models.mobilenet_v3_large(weights=None).state_dict(),
+               weights / imagenet_weights_file("lraspp_mobilenet_v3_large"))
+    view = _run_first_task(prepared.model_copy(update={"backbone_weights_dir": weights}), tmp_path)
+    assert view.status == "succeeded", view.error

@@ -125,3 +125,11 @@ def test_stored_rows_keep_loading_whatever_their_names_hold() -> None:
     row = {**OLD_ROW, "classes": ["bi\u200bcycle"], "assigned_classes": {"bi\u200bcycle": 3},
            "palette": {"bi\u200bcycle": [0, 128, 192], "car": [64, 0, 128]}}
     assert ResolvedSpec.of(Task(spec=row)).classes == ["bi\u200bcycle"]
+
+
+def test_only_a_first_step_looks_in_the_workers_weights_dir() -> None:
+    spec = ResolvedSpec.model_validate({"classes": ["cat"], "method": "mib", "architecture": "fcn_resnet50"})
+    first = spec.step_config(first=True, step_index=0, train={}, weights_dir=Path("/weights"))
+    later = spec.step_config(first=False, step_index=1, train={}, weights_dir=Path("/weights"))
+    assert first.backbone_weights_dir == Path("/weights") and first.pretrained_backbone is True
+    assert later.backbone_weights_dir is None  # a later step grows its parent: no backbone is loaded
