@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.data.upload import PreparedItem, ReceivedFile, Sample, UploadRejected, listed, stem_of
+from services.data.upload import PreparedItem, ReceivedFile, Sample, UploadRejected, listed
 from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, IGNORE_INDEX
 
 # The formats an upload can come in; "masks" is Strata's own images/ + masks/ layout.
@@ -219,11 +219,6 @@ class Tree:
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def sample_stem(path: str) -> str:
-    """A sample's stem from its image's archive path (the file's stem, checked like an upload's)."""
-    return stem_of(path)
 
 
 def unique_stems(samples: Sequence[Sample], source: str) -> list[Sample]:

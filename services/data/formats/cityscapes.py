@@ -23,11 +23,10 @@ from services.data.formats.base import (
     ImportReport,
     LabelMap,
     Tree,
-    sample_stem,
     unique_stems,
 )
 from services.data.formats.label_ids import IdMask, LabelIds
-from services.data.upload import Sample, UploadRejected, listed
+from services.data.upload import Sample, UploadRejected, listed, stem_of
 
 SOURCE = "the Cityscapes export"
 # labelIds of cityscapesScripts' labels.py; 'license plate' (id -1) never appears in a labelIds PNG.
@@ -59,7 +58,7 @@ def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sampl
                              "leftImg8bit/<split>/<city>/<name>_leftImg8bit.png for each")
     table = CITYSCAPES_LABELS if options.label_ids is None else options.label_ids
     ids = LabelIds(table, LabelMap(options, report, SOURCE), VOID_LABELS)
-    samples = [Sample(sample_stem(f"{name}.png"), tree.file(images[name]),
+    samples = [Sample(stem_of(f"{name}.png"), tree.file(images[name]),
                       IdMask(path, tree.file(path), ids, name, EXPECTED))
                for name, path in masks.items()]
     tree.note_unused(report, IMAGE_SUFFIXES, layout=lambda path: bool(COMPANION.search(path)) or path in superseded)

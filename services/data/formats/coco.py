@@ -35,10 +35,9 @@ from services.data.formats.base import (
     ImportReport,
     LabelMap,
     Tree,
-    sample_stem,
     unique_stems,
 )
-from services.data.upload import Sample, UploadRejected, listed
+from services.data.upload import Sample, UploadRejected, listed, stem_of
 
 SOURCE = "the COCO export"
 # A compressed RLE's counts: characters '0'..'o', six bits each; bit 5 says "more of this number follows".
@@ -65,7 +64,7 @@ def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sampl
                 missing.append(image.file_name)
                 continue
             claims.claim(path, image.at)
-            stem = sample_stem(path)
+            stem = stem_of(path)
             samples.append(Sample(stem, tree.file(path),
                                   _Instances(image, tuple(export.by_image.get(image.id, ())), labels, stem)))
     cj.refuse_missing(SOURCE, "images", missing, "export with the images (CVAT: tick \"Save images\"), or put them "

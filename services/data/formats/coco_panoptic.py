@@ -31,10 +31,9 @@ from services.data.formats.base import (
     ImportReport,
     LabelMap,
     Tree,
-    sample_stem,
     unique_stems,
 )
-from services.data.upload import ReceivedFile, Sample, UploadRejected, as_rgb, listed, open_mask
+from services.data.upload import ReceivedFile, Sample, UploadRejected, as_rgb, listed, open_mask, stem_of
 from services.labels import IGNORE_INDEX
 
 SOURCE = "the COCO panoptic export"
@@ -71,7 +70,7 @@ def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sampl
                 raise UploadRejected(f"{annotation.at}: its PNG and its image are the same file, {png!r}: keep the "
                                      "PNGs in a folder named like the JSON file")
             claims.claim(path, image.at)
-            stem = sample_stem(path)
+            stem = stem_of(path)
             mask = _Segments(image, annotation, tree.file(png), labels, stem)
             samples.append(Sample(stem, tree.file(path), mask))
     cj.refuse_missing(SOURCE, "panoptic PNGs", missing_pngs, "put them in a folder named like the JSON file, beside it")

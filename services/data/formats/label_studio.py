@@ -43,11 +43,10 @@ from services.data.formats.base import (
     ImportReport,
     LabelMap,
     Tree,
-    sample_stem,
     unique_stems,
 )
 from services.data.formats.label_studio_rle import RleError, as_bytes, decode_alpha
-from services.data.upload import Sample, UploadRejected, listed
+from services.data.upload import Sample, UploadRejected, listed, stem_of
 
 SOURCE = "the Label Studio export"
 MASK_TYPES = ("brushlabels", "polygonlabels")  # result types that paint pixels
@@ -76,7 +75,7 @@ def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sampl
             raise UploadRejected(f"{images[image]} and {where} both refer to the image {image!r}: "
                                  "send each image in one task")
         images[image] = where
-        stem = sample_stem(image)
+        stem = stem_of(image)
         defined |= {r.label for r in regions}
         samples.append(Sample(stem, tree.file(image), _Regions(where, stem, tuple(regions), labels)))
     labels.require(defined)

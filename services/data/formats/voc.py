@@ -23,11 +23,10 @@ from services.data.formats.base import (
     ImportReport,
     LabelMap,
     Tree,
-    sample_stem,
     unique_stems,
 )
 from services.data.formats.label_ids import IdMask, LabelIds
-from services.data.upload import Sample, UploadRejected, listed
+from services.data.upload import Sample, UploadRejected, listed, stem_of
 from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, voc_colour
 
 SOURCE = "the Pascal VOC export"
@@ -60,7 +59,7 @@ def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sampl
         raise UploadRejected(f"{SOURCE} lists images without a mask in {posixpath.join(root, MASKS) + '/'!r}: "
                              f"{listed(unmasked)}")
     images = images_by_stem(tree, root, stems)
-    samples = [Sample(sample_stem(path), tree.file(images[stem]),
+    samples = [Sample(stem_of(path), tree.file(images[stem]),
                       IdMask(path, tree.file(path), ids, stem, EXPECTED, VOC_COLOUR_IDS))
                for stem, path in masks.items()]
     objects = posixpath.join(root, OBJECTS) + "/"  # instance masks: part of the layout, not forgotten
