@@ -22,6 +22,7 @@ from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, IGNORE_INDEX
 FORMAT_NAMES = ("masks", "coco", "coco_panoptic", "cvat_mask", "voc", "cityscapes", "label_studio")
 # What pixels of a label (or colour) the spec does not name become.
 OTHER_LABELS = ("reject", "ignore", "background")
+RESOURCE_FORKS = "__MACOSX/"  # what macOS's zip adds beside every file: never read
 UNNAMED_ID = "value "  # how a report names a pixel value that no label of the export's table names
 MAX_JSON_BYTES = 512 * 1024 * 1024  # an annotation file is parsed in memory
 EXAMPLES = 10  # stems kept per report entry
@@ -155,35 +156,41 @@ class LabelMap:
 
 # --- the archive's files ------------------------------------------------------------------------
 class Tree:
-    """An unpacked archive: {path in the archive: file}."""
+    """An unpacked archive: {path in the archive: file}. ``paths``: those an importer looks at,
+    without the resource forks macOS's zip adds (``__MACOSX/...``), which are never part of an export."""
 
     def __init__(self, files: Mapping[str, ReceivedFile]) -> None:
         self.files = dict(files)
+        self.paths = [p for p in self.files if RESOURCE_FORKS not in p]
         self._json: dict[str, Any] = {}
         self.used: set[str] = set()
 
     def named(self, basename: str) -> list[str]:
         """Paths whose last part is ``basename``, shortest first."""
-        return sorted((p for p in self.files if posixpath.basename(p) == basename), key=lambda p: (p.count("/"), p))
+        return sorted((p for p in self.paths if posixpath.basename(p) == basename), key=lambda p: (p.count("/"), p))
 
     def under(self, folder: str, suffixes: Sequence[str] = ()) -> list[str]:
         """Paths inside ``folder`` ('' = anywhere), at any depth, with one of ``suffixes`` if given."""
         prefix = f"{folder.rstrip('/')}/" if folder else ""
-        return sorted(p for p in self.files if p.startswith(prefix)
+        return sorted(p for p in self.paths if p.startswith(prefix)
                       and (not suffixes or p.lower().endswith(tuple(suffixes))))
 
     def file(self, path: str) -> ReceivedFile:
         self.used.add(path)
         return self.files[path]
 
-    def json(self, path: str) -> Any:
-        """The parsed JSON file at ``path`` (parsed once)."""
+    def json(self, path: str, markers: Sequence[bytes] = ()) -> Any:
+        """The parsed JSON file at ``path`` (read and parsed once); with ``markers``, None unless the
+        file's bytes hold every one of them (a cheap look before parsing a file that may be no export)."""
         if path not in self._json:
             f = self.file(path)
+            raw = f.path.read_bytes()
+            if not all(marker in raw for marker in markers):
+                return None
             if f.size > MAX_JSON_BYTES:
                 raise UploadRejected(f"{path!r} is {f.size} bytes; annotation files may be at most {MAX_JSON_BYTES}")
             try:
-                self._json[path] = json.loads(f.path.read_bytes())
+                self._json[path] = json.loads(raw)
             except RecursionError:
                 raise UploadRejected(f"{path!r} is not valid JSON (nested too deeply)") from None
             except (ValueError, UnicodeDecodeError) as err:
@@ -212,9 +219,8 @@ class Tree:
         """Note the archive's files of kinds an importer reads (``suffixes``) that it did not use,
         except those ``layout`` says the format's layout holds beside what is read (a Cityscapes
         ``*_color.png``): they are where the tool put them, not forgotten."""
-        for path in self.files:
-            if (path not in self.used and path.lower().endswith(tuple(suffixes)) and "__MACOSX/" not in path
-                    and not (layout and layout(path))):
+        for path in self.paths:
+            if path not in self.used and path.lower().endswith(tuple(suffixes)) and not (layout and layout(path)):
                 report.note("unused_files", path)
 
 

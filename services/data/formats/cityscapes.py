@@ -46,7 +46,7 @@ EXPECTED = ("Cityscapes masks are grey (mode L) PNGs whose pixel value is the la
 
 
 def recognises(tree: Tree) -> bool:
-    return any(MASK.search(p) and "__MACOSX/" not in p for p in tree.files)
+    return any(MASK.search(p) for p in tree.paths)
 
 
 def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sample]:
@@ -78,9 +78,9 @@ def _masks(tree: Tree) -> tuple[dict[str, str], set[str]]:
 def _by_name(tree: Tree, pattern: re.Pattern[str], what: str, kind: str | None = None) -> dict[str, str]:
     """{name: path} of the files ``pattern`` matches (of ``kind``: gtFine or gtCoarse); a name twice is refused."""
     found: dict[str, list[str]] = defaultdict(list)
-    for path in tree.files:
+    for path in tree.paths:
         match = pattern.search(path)
-        if match and "__MACOSX/" not in path and (kind is None or match.group(2) == kind):
+        if match and (kind is None or match.group(2) == kind):
             found[match.group(1)].append(path)
     twice = [listed(sorted(paths)) for paths in found.values() if len(paths) > 1]
     if twice:

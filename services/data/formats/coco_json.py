@@ -31,8 +31,7 @@ def json_files(tree: Tree, kind: str) -> list[str]:
     """The archive's COCO JSON files of ``kind`` (INSTANCES, PANOPTIC or BOXES), by path."""
     kinds = _KINDS.get(tree)
     if kinds is None:
-        paths = [path for path in tree.under("", (".json",)) if "__MACOSX/" not in path]
-        kinds = _KINDS[tree] = {path: kind_of(tree, path) for path in paths}
+        kinds = _KINDS[tree] = {path: kind_of(tree, path) for path in tree.under("", (".json",))}
     return [path for path, found in kinds.items() if found == kind]
 
 
@@ -40,11 +39,8 @@ def kind_of(tree: Tree, path: str) -> str | None:
     """PANOPTIC (annotations carry segments_info), INSTANCES (they carry segmentation, or there are
     none), BOXES (neither: a detection export), or None: not a COCO annotation file."""
     # Only files naming all three keys are parsed: an archive may hold many other JSON files.
-    head = tree.files[path].path.read_bytes()
-    if not all(marker in head for marker in _MARKERS):
-        return None
-    data = tree.json(path)
-    if not isinstance(data, dict) or not all(isinstance(data.get(key), list) for key in KEYS):
+    data = tree.json(path, _MARKERS)
+    if data is None or not isinstance(data, dict) or not all(isinstance(data.get(key), list) for key in KEYS):
         return None
     annotations = [a for a in data["annotations"] if isinstance(a, dict)]
     if any("segments_info" in a for a in annotations):

@@ -57,7 +57,7 @@ UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")  # Label Studio names an uploa
 
 
 def recognises(tree: Tree) -> bool:
-    return any(_kind(tree, path) for path in _json_files(tree))
+    return any(_kind(tree, path) for path in tree.under("", (".json",)))
 
 
 def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sample]:
@@ -84,10 +84,6 @@ def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sampl
 
 
 # --- the export file ----------------------------------------------------------------------------
-def _json_files(tree: Tree) -> list[str]:
-    return [p for p in tree.under("", (".json",)) if "__MACOSX/" not in p]
-
-
 def _kind(tree: Tree, path: str) -> str | None:
     """"json" (the full export), "json_min" (the export that leaves out the RLE) or None."""
     try:
@@ -106,7 +102,7 @@ def _kind(tree: Tree, path: str) -> str | None:
 
 def _export(tree: Tree) -> str:
     """The archive's one Label Studio JSON export."""
-    kinds = {path: _kind(tree, path) for path in _json_files(tree)}
+    kinds = {path: _kind(tree, path) for path in tree.under("", (".json",))}
     full = [path for path, kind in kinds.items() if kind == "json"]
     if len(full) > 1:
         raise UploadRejected(f"the archive holds {len(full)} Label Studio exports ({listed(full)}): send one")

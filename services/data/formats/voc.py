@@ -68,9 +68,8 @@ def read(tree: Tree, options: ImportOptions, report: ImportReport) -> list[Sampl
 
 
 def _mask_paths(tree: Tree) -> list[str]:
-    """Every ``.../SegmentationClass/<name>.png`` (not a macOS resource fork)."""
-    return [p for p in tree.files if p.lower().endswith(".png") and "__MACOSX/" not in p
-            and posixpath.basename(posixpath.dirname(p)) == MASKS]
+    """Every ``.../SegmentationClass/<name>.png``."""
+    return [p for p in tree.under("", (".png",)) if posixpath.basename(posixpath.dirname(p)) == MASKS]
 
 
 def _root(tree: Tree) -> str:
@@ -87,7 +86,7 @@ def _root(tree: Tree) -> str:
 
 def segmentation_stems(tree: Tree, root: str) -> list[str]:
     """The images a VOC layout lists (every ImageSets/Segmentation list) or, without lists, every mask."""
-    lists = [p for p in tree.under(posixpath.join(root, LISTS), (".txt",)) if "__MACOSX/" not in p]
+    lists = tree.under(posixpath.join(root, LISTS), (".txt",))
     stems = [line.split()[0] for path in lists for line in tree.text(path).splitlines() if line.strip()]
     if not lists:
         folder = posixpath.join(root, MASKS)
