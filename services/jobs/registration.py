@@ -44,9 +44,9 @@ from services.db.models import (
 from services.db.session import session_scope
 from services.jobs import lifecycle, staging
 from services.jobs.errors import IdempotencyMismatch, RegistrationConflict
-from services.jobs.spec import ResolvedSpec, TaskSpec, parse_spec
+from services.jobs.spec import ResolvedSpec, TaskDefaults, TaskSpec, parse_spec
 from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, MAX_CLASS_INDEX
-from services.learning.names import DEFAULT_ARCHITECTURE, DEFAULT_METHOD
+from services.learning.names import BATCH_OF_TWO, DEFAULT_METHOD
 from services.registry.aliases import production_version
 from services.registry.models import model_by_id, version_count
 from services.storage import InvalidKey, ObjectInfo, ObjectStore
@@ -107,11 +107,12 @@ class _Stored:
 # --- the whole registration ------------------------------------------------------------------
 def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id: int, received: Received,
                   workdir: Path, limits: IngestLimits, *, idempotency_key: str | None = None,
-                  actor: Caller | None = None) -> Registration:
+                  actor: Caller | None = None, defaults: TaskDefaults = TaskDefaults()) -> Registration:
     """Validate ``received`` (a ``spec`` text and files ``images`` + ``masks`` or one ``archive``),
     store it and record a queued task of the model ``model_id``, with its audit event naming
     ``actor`` (None: the service). Raises UploadRejected naming what is wrong (file, field),
-    ModelNotFound, or RegistrationConflict when the model's state forbids it."""
+    ModelNotFound, or RegistrationConflict when the model's state forbids it. ``defaults``: what a
+    model's first task gets for the fields its spec leaves out (the service's settings)."""
     if idempotency_key is not None:
         with session_scope(sessions) as session:
             earlier = replay(session, model_by_id(session, model_id), idempotency_key, received.sha256)
@@ -119,10 +120,11 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id:
             return Registration(earlier.id, created=False)
     spec = parse_spec(received.texts.get("spec"))
     with session_scope(sessions) as session:
-        plan(session, model_id, spec)  # fail fast on names and architecture
+        architecture = plan(session, model_id, spec, defaults).spec.architecture  # fail fast on names and architecture
     dataset = read_upload(received, spec.format, spec.import_options(), workdir, limits.archive)
     items = prepare_items(dataset.samples, limits.max_pixels, workdir / "masks")
     dataset.finish(items)
+    _check_training_images(len(items), spec.val_fraction, architecture)
     if absent := unlabelled_classes(items, spec.local_names, spec.classes):
         # Each class takes one of the model's 254 indices for good once trained: none for a class nothing shows.
         raise UploadRejected(f"invalid spec: classes: no mask labels {listed(absent)}; a task's new classes "
@@ -134,7 +136,8 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id:
     try:
         stored = _store_all(store, items, keys)
         with session_scope(sessions) as session:
-            _record(session, model_id, task_id, spec, stored, dataset, idempotency_key, received.sha256, actor)
+            _record(session, model_id, task_id, spec, stored, dataset, idempotency_key, received.sha256, actor,
+                    defaults)
             if not staging.unstage(session, prefix):  # swept as debris meanwhile: its objects may be gone
                 raise RegistrationConflict("the upload took too long to be recorded and was cleaned up; "
                                            "send it again")
@@ -198,7 +201,7 @@ def validation_stems(stems: Sequence[str], task_id: str, fraction: float) -> set
 
 
 # --- the database -------------------------------------------------------------------------------
-def plan(session: Session, model_id: int, spec: TaskSpec) -> _Plan:
+def plan(session: Session, model_id: int, spec: TaskSpec, defaults: TaskDefaults = TaskDefaults()) -> _Plan:
     """Check the spec against the model's state and resolve its defaults (no writes)."""
     model = model_by_id(session, model_id)
     _check_names(session, model, spec)
@@ -210,12 +213,13 @@ def plan(session: Session, model_id: int, spec: TaskSpec) -> _Plan:
         raise RegistrationConflict(
             f"model {model.name!r} has no version in production, so there is nothing to add classes to: "
             f"promote one first (PUT /models/{model.name}/aliases/production)")
-    architecture = _resolve_architecture(session, model, spec.architecture, pending, production)
+    architecture = _resolve_architecture(session, model, spec.architecture, pending, production, defaults)
     _check_first_step(model, spec, first=pending is None and production is None)
     method = spec.method or DEFAULT_METHOD
     _check_weights(method, spec.hyperparameters.loss_weights())
+    image_size = spec.image_size or _lineage_image_size(session, model.id, pending, production) or defaults.image_size
     resolved = ResolvedSpec.model_validate({**spec.model_dump(), "method": method, "architecture": architecture,
-                                            "after_task_id": pending.id if pending else None})
+                                            "image_size": image_size, "after_task_id": pending.id if pending else None})
     return _Plan(model, resolved, parent_version=None if pending else production)
 
 
@@ -264,11 +268,11 @@ def _check_names(session: Session, model: Model, spec: TaskSpec) -> None:
 
 
 def _resolve_architecture(session: Session, model: Model, asked: str | None, pending: Task | None,
-                          production: int | None) -> str:
+                          production: int | None, defaults: TaskDefaults) -> str:
     """The architecture: free for the model's first task, inherited by every later one."""
     current = _lineage_architecture(session, model.id, pending, production)
     if current is None:
-        return asked or DEFAULT_ARCHITECTURE
+        return asked or defaults.architecture
     if asked is not None and asked != current:
         raise UploadRejected(
             f"invalid spec: architecture: only a model's first task chooses it; model {model.name!r} is a "
@@ -283,6 +287,28 @@ def _lineage_architecture(session: Session, model_id: int, pending: Task | None,
         return session.get(ModelVersion, (model_id, production)).architecture
     stmt = select(ModelVersion.architecture).where(ModelVersion.model_id == model_id)
     return session.scalars(stmt.order_by(ModelVersion.version.desc())).first()
+
+
+def _lineage_image_size(session: Session, model_id: int, pending: Task | None, production: int | None) -> int | None:
+    """The image size of the version a new task grows from (the pending task's, or production's): a
+    step distils its parent at the resolution the parent was trained at, unless the spec says otherwise."""
+    if pending is not None:
+        return ResolvedSpec.of(pending).image_size
+    if production is not None:
+        return (session.get(ModelVersion, (model_id, production)).hyperparameters or {}).get("image_size")
+    return None
+
+
+def _check_training_images(n_images: int, val_fraction: float, architecture: str) -> None:
+    """An architecture whose head normalises a pooled 1x1 map (``BATCH_OF_TWO``) cannot train on a
+    batch of one image: an upload that leaves it one training image, once validation took its
+    share, would fail on the worker, so it is refused here."""
+    n_val = len(validation_stems([str(i) for i in range(n_images)], "", val_fraction))
+    if architecture in BATCH_OF_TWO and n_images - n_val < 2:
+        kept = f" once val_fraction {val_fraction:g} kept {n_val} for validation" if n_val else ""
+        raise UploadRejected(
+            f"invalid spec: val_fraction: the upload leaves {n_images - n_val} training image{kept}; a "
+            f"{architecture} trains on batches of at least 2 images (send more images, or set val_fraction 0)")
 
 
 def _lock_registrations(session: Session) -> None:
@@ -309,7 +335,8 @@ def next_class_indices(session: Session, model_id: int, count: int) -> list[int]
 
 
 def _record(session: Session, model_id: int, task_id: str, spec: TaskSpec, stored: Sequence[_Stored],
-            dataset: Dataset, idempotency_key: str | None, request_sha256: str, actor: Caller | None = None) -> Task:
+            dataset: Dataset, idempotency_key: str | None, request_sha256: str, actor: Caller | None = None,
+            defaults: TaskDefaults = TaskDefaults()) -> Task:
     """The task, its classes, its items and its audit event, in the caller's transaction."""
     _lock_registrations(session)
     model = model_by_id(session, model_id, for_update=True)  # a deletion of the model waits, or went first
@@ -317,7 +344,7 @@ def _record(session: Session, model_id: int, task_id: str, spec: TaskSpec, store
         earlier = replay(session, model, idempotency_key, request_sha256)
         if earlier is not None:
             raise _Replayed(earlier.id)
-    planned = plan(session, model_id, spec)  # again, under the lock: the state may have moved meanwhile
+    planned = plan(session, model_id, spec, defaults)  # again, under the lock: the state may have moved meanwhile
     model = planned.model
     assigned = dict(zip(spec.classes, next_class_indices(session, model.id, len(spec.classes))))
     resolved = planned.spec.model_copy(update={"assigned_classes": assigned})

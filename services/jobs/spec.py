@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -30,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from services.config import Settings
 from services.data.formats.base import FORMAT_NAMES, OTHER_LABELS, ImportOptions
 from services.data.upload import UploadRejected, listed
 from services.db.models import Task
@@ -48,10 +50,9 @@ from services.learning.config import (
     StepConfig,
     TrainConfig,
 )
-from services.learning.names import ARCHITECTURES, SERVICE_METHODS
+from services.learning.names import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_IMAGE_SIZE, SERVICE_METHODS
 from services.text import NAME_RULE, hidden_character
 
-DEFAULT_IMAGE_SIZE = 512  # the papers' crop
 Colour = tuple[int, int, int]
 # The validation context of a stored row read back: the client's rules (names, methods, palette)
 # held when it was registered, and may have changed since; only the types are checked again.
@@ -167,15 +168,18 @@ class TaskSpec(BaseModel):
                                description="New class names, in the order the mask values use (1, 2, ...).")
     method: str | None = Field(None, description=f"One of {', '.join(SERVICE_METHODS)}; default: the engine's best.")
     epochs: int = Field(TrainConfig.epochs, ge=1, le=1000)
-    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=32, le=2048, description=(
+    image_size: int | None = Field(None, ge=32, le=2048, description=(
         "Shorter side in pixels at which images are trained, evaluated and served (aspect ratio kept); "
-        "training crops are image_size x image_size."))
+        "training crops are image_size x image_size. Default: the model's (the version this task grows "
+        f"from), or for a model's first task the service's STRATA_DEFAULT_IMAGE_SIZE ({DEFAULT_IMAGE_SIZE} "
+        "unless set)."))
     batch_size: int = Field(TrainConfig.batch_size, ge=1, le=256)
     val_fraction: float = Field(0.1, ge=0, lt=0.9,
                                 description="Share of images kept to score the new classes (at least one when > 0).")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     architecture: str | None = Field(None, description=(
-        f"The network, first task of a model only (later tasks inherit it): {', '.join(ARCHITECTURES)}."))
+        f"The network, first task of a model only (later tasks inherit it): {', '.join(ARCHITECTURES)}. "
+        f"Default: the service's STRATA_DEFAULT_ARCHITECTURE ({DEFAULT_ARCHITECTURE} unless set)."))
     mask_format: Literal["index", "palette"] = "index"
     palette: dict[str, Colour] | None = Field(
         None, description="mask_format 'palette': {class: [r, g, b]} for every class and also_labelled class.")
@@ -302,6 +306,18 @@ class TaskSpec(BaseModel):
         return (*self.classes, *self.also_labelled)
 
 
+@dataclass(frozen=True)
+class TaskDefaults:
+    """What a model's first task gets for the fields its spec leaves out: the service's settings."""
+
+    architecture: str = DEFAULT_ARCHITECTURE
+    image_size: int = DEFAULT_IMAGE_SIZE
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TaskDefaults:
+        return cls(settings.default_architecture, settings.default_image_size)
+
+
 class ResolvedSpec(TaskSpec):
     """A registered task's spec: the client's, with what registration resolved. Stored flat as the
     task row's JSON (``stored()``), which is how every row has been written; read back with
@@ -311,6 +327,7 @@ class ResolvedSpec(TaskSpec):
 
     method: str = Field(description="The method this task trains with (the default resolved).")
     architecture: str = Field(description="The model's architecture.")
+    image_size: int = Field(ge=32, le=2048, description="The image size this task trains at (the default resolved).")
     after_task_id: str | None = Field(None, description="The task queued before this one: its version is the parent.")
     assigned_classes: dict[str, int] = Field(default_factory=dict, description="Global index of each new class.")
 

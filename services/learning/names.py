@@ -10,10 +10,18 @@ ARCHITECTURES: tuple[str, ...] = (
     "lraspp_mobilenet_v3_large",
     "fcn_resnet50",
 )
-# What a service's first task trains when it names no model: the papers' network.
-DEFAULT_ARCHITECTURE = "deeplabv3_resnet101"
+# Networks whose head normalises a pooled 1x1 map (DeepLab v3's ASPP image pooling): BatchNorm cannot
+# train them on a batch of one image.
+BATCH_OF_TWO: tuple[str, ...] = tuple(a for a in ARCHITECTURES if a.startswith("deeplabv3_"))
 # What `strata experiment` and the benchmarks default to: small enough to train on a CPU.
 SMALL_ARCHITECTURE = "lraspp_mobilenet_v3_large"
+# The papers' network and crop: what a deployment with GPUs sets (STRATA_DEFAULT_ARCHITECTURE,
+# STRATA_DEFAULT_IMAGE_SIZE; docker-compose.yml does).
+PAPER_ARCHITECTURE, PAPER_IMAGE_SIZE = "deeplabv3_resnet101", 512
+# What a model's first task trains when its spec names neither, unless the deployment says otherwise:
+# the small network at half the crop, so that the quick start on a machine without a GPU finishes in
+# minutes (measured: docs/results.md, "CPU defaults").
+DEFAULT_ARCHITECTURE, DEFAULT_IMAGE_SIZE = SMALL_ARCHITECTURE, 256
 
 METHODS: tuple[str, ...] = ("ft", "joint", "ld", "le", "ef", "ef+ld", "ld+le", "mib", "plop", "frozen-old")
 # What a service task may ask for: "joint" needs every earlier step's images, which the service

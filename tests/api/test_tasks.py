@@ -125,15 +125,36 @@ def test_post_index_masks_as_files(client, prepared, admin, reader):
     body = r.json()
     assert r.headers["location"] == f"/tasks/{body['id']}"
     assert body["status"] == "queued" and body["classes"] == {"car": 1, "person": 2}
-    assert body["model"] == "m" and body["method"] == "mib" and body["architecture"] == "deeplabv3_resnet101"
+    # The service's default network (STRATA_DEFAULT_ARCHITECTURE): one a machine without a GPU trains in minutes.
+    assert body["model"] == "m" and body["method"] == "mib" and body["architecture"] == "lraspp_mobilenet_v3_large"
     assert body["items"] == {"train": 5, "val": 1} and body["progress"] is None
     assert client.get(r.headers["location"], headers=reader).json() == body
     assert client.get("/models/m/tasks", headers=reader).json() == [body]
-    assert client.get("/models/m", headers=reader).json()["architecture"] == "deeplabv3_resnet101"
+    assert client.get("/models/m", headers=reader).json()["architecture"] == "lraspp_mobilenet_v3_large"
     assert queued_messages(prepared) == 1
     prefix = f"models/{model_id(prepared)}/datasets/{body['id']}/"
     keys = [o.key for o in open_store(prepared).list(prefix)]
     assert len(keys) == 12 and f"{prefix}images/img00.jpg" in keys
+
+
+def test_a_deployments_default_architecture_and_image_size_build_a_first_task(prepared):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from services.db.models import Task
+    from services.db.session import make_engine, make_session_factory
+
+    gpu = prepared.model_copy(update={"default_architecture": "fcn_resnet50", "default_image_size": 320})
+    with TestClient(create_app(gpu)) as client:
+        admin = bearer(gpu, "admin")
+        create_model(client, admin)
+        r = post_task(client, admin, {"classes": ["car"]}, dataset(4, 1))
+        assert r.status_code == 202, r.text
+        assert r.json()["architecture"] == "fcn_resnet50"
+    engine = make_engine(prepared)
+    with make_session_factory(engine)() as s:
+        assert s.get(Task, r.json()["id"]).spec["image_size"] == 320
+    engine.dispose()
 
 
 def test_post_palette_masks_as_a_zip(client, prepared, admin):
@@ -307,12 +328,12 @@ def test_progress_as_the_worker_reports_it(client, prepared, admin, reader):
 def test_two_models_hold_the_same_class_names_with_their_own_indices(client, prepared, admin, reader):
     create_model(client, admin, "other")
     a = post_task(client, admin, {"classes": ["car", "person"]}, dataset(2, 2))
-    b = post_task(client, admin, {"classes": ["person", "car"], "architecture": "lraspp_mobilenet_v3_large"},
+    b = post_task(client, admin, {"classes": ["person", "car"], "architecture": "fcn_resnet50"},
                   dataset(2, 2), model="other")
     assert a.status_code == b.status_code == 202, (a.text, b.text)
     assert (a.json()["model"], a.json()["classes"]) == ("m", {"car": 1, "person": 2})
     assert (b.json()["model"], b.json()["classes"]) == ("other", {"person": 1, "car": 2})
-    assert (a.json()["architecture"], b.json()["architecture"]) == ("deeplabv3_resnet101", "lraspp_mobilenet_v3_large")
+    assert (a.json()["architecture"], b.json()["architecture"]) == ("lraspp_mobilenet_v3_large", "fcn_resnet50")
     classes = {name: {c["name"]: c["index"] for c in client.get(f"/models/{name}/classes", headers=reader).json()}
                for name in ("m", "other")}
     assert classes == {"m": {"background": 0, "car": 1, "person": 2},

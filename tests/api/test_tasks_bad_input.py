@@ -145,7 +145,7 @@ def test_an_existing_class_is_a_conflict_and_leaves_nothing_behind(client, prepa
     r = post_task(client, admin, {"classes": ["bird"], "architecture": "fcn_resnet50"}, dataset(2, 1))
     assert r.status_code == 422, r.text
     assert "architecture: only a model's first task chooses it" in r.json()["detail"]
-    assert "model 'm' is a 'deeplabv3_resnet101'" in r.json()["detail"]
+    assert "model 'm' is a 'lraspp_mobilenet_v3_large'" in r.json()["detail"]
     r = post_task(client, admin, {"classes": ["bird"], "model": "deeplabv3_resnet101"}, dataset(2, 1))
     assert r.status_code == 422 and "`model` is now `architecture`" in r.json()["detail"]
     assert leftovers(prepared) == before

@@ -34,7 +34,7 @@ def seed_many_versions(settings: Settings, model: str, count: int) -> None:
             s.add(SemanticClass(model_id=m.id, id=0, name=class_name(0)))
             for v in range(1, count + 1):
                 task = Task(id=f"{model}-t{v}", model_id=m.id, status="succeeded", spec={
-                    "classes": [class_name(v)], "method": "mib", "architecture": ARCHITECTURE,
+                    "classes": [class_name(v)], "method": "mib", "architecture": ARCHITECTURE, "image_size": 64,
                     "assigned_classes": {class_name(v): v}})
                 s.add(task)
                 s.flush()

@@ -16,7 +16,7 @@ from services.jobs.registration import latest_pending
 
 def add_task(s, model_id: int, status=TaskStatus.QUEUED, after=None, parent=None, **spec) -> Task:
     task = Task(model_id=model_id, status=status, parent_version=parent,
-                spec={"classes": ["x"], "method": "mib", "architecture": "lraspp_mobilenet_v3_large",
+                spec={"classes": ["x"], "method": "mib", "architecture": "lraspp_mobilenet_v3_large", "image_size": 64,
                       "after_task_id": after, "assigned_classes": {}, **spec})
     s.add(task)
     s.flush()

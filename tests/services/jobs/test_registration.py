@@ -20,7 +20,7 @@ from services.db.session import make_engine, make_session_factory, session_scope
 from services.jobs.errors import IdempotencyMismatch, RegistrationConflict, TaskFinished
 from services.jobs.lifecycle import request_cancel as cancel_task
 from services.jobs.registration import IngestLimits, register_task, validation_stems
-from services.jobs.spec import parse_spec
+from services.jobs.spec import TaskDefaults, parse_spec
 from services.jobs.views import list_task_views, progress_view, task_view
 from services.registry.models import ModelNotFound, create_model
 from services.storage import open_store
@@ -91,13 +91,13 @@ def model_id(env, name: str = "m") -> int:
         return s.scalar(select(Model.id).where(Model.name == name))
 
 
-def register(env, tmp_path, spec, n=5, n_classes=None, key=None, store=None, model="m"):
+def register(env, tmp_path, spec, n=5, n_classes=None, key=None, store=None, model="m", defaults=TaskDefaults()):
     settings, sessions, real_store = env
     n_classes = len(spec["classes"]) + len(spec.get("also_labelled", [])) if n_classes is None else n_classes
     up = Upload(tmp_path / f"up-{np.random.default_rng().integers(1 << 30)}").dataset(n, n_classes)
     work = up.root / "work"
     return register_task(sessions, store or real_store, model_id(env, model) or -1, up.received(spec), work,
-                         IngestLimits.from_settings(settings), idempotency_key=key)
+                         IngestLimits.from_settings(settings), idempotency_key=key, defaults=defaults)
 
 
 def leftovers(env) -> tuple[int, int, int, int]:
@@ -149,7 +149,7 @@ def test_bad_specs_are_named(spec, message):
 
 def test_spec_defaults_and_cleaning():
     spec = parse_spec('{"classes": [" cat ", "dog"], "hyperparameters": {"lr": 0.02}}')
-    assert spec.classes == ["cat", "dog"] and spec.epochs == 30 and spec.image_size == 512
+    assert spec.classes == ["cat", "dog"] and spec.epochs == 30 and spec.image_size is None  # resolved by registering
     assert spec.batch_size == 8 and spec.val_fraction == 0.1 and spec.mask_format == "index"
     assert spec.hyperparameters.lr == 0.02 and spec.hyperparameters.momentum is None and spec.architecture is None
     with pytest.raises(UploadRejected, match="not valid JSON"):
@@ -179,10 +179,12 @@ def test_a_first_task_is_stored_and_recorded_in_one_piece(env, tmp_path):
         task = s.get(Task, reg.task_id)
         assert task.status == "queued" and task.parent_version is None and task.model_id == mid
         assert task.spec["assigned_classes"] == {"cat": 1, "dog": 2}
-        assert task.spec["method"] == "mib" and task.spec["architecture"] == "deeplabv3_resnet101"
+        # The service's defaults (STRATA_DEFAULT_ARCHITECTURE, STRATA_DEFAULT_IMAGE_SIZE): a network a CPU trains.
+        assert task.spec["method"] == "mib" and task.spec["architecture"] == "lraspp_mobilenet_v3_large"
+        assert task.spec["image_size"] == 256
         assert "model" not in task.spec
         assert task.spec["after_task_id"] is None and task.spec["epochs"] == 3
-        assert s.get(Model, mid).architecture == "deeplabv3_resnet101"  # the first task fixes it
+        assert s.get(Model, mid).architecture == "lraspp_mobilenet_v3_large"  # the first task fixes it
         items = list(s.scalars(select(DatasetItem).where(DatasetItem.task_id == task.id)))
     assert classes_of(env) == {0: ("background", None), 1: ("cat", reg.task_id), 2: ("dog", reg.task_id)}
     assert len(items) == 6 and sorted(i.split for i in items).count("val") == 1
@@ -226,12 +228,12 @@ def test_a_later_task_queues_behind_the_pending_one_and_inherits_the_architectur
     assert leftovers(env)[:2] == (3, 15)
 
 
-def trained(env, task_id: str, version: int, architecture: str) -> None:
+def trained(env, task_id: str, version: int, architecture: str, image_size: int = 256) -> None:
     """What the worker and the registry record for a trained task (without training it)."""
     with session_scope(env[1]) as s:
         task = s.get(Task, task_id)
         s.add(ModelVersion(model_id=task.model_id, version=version, task_id=task_id, architecture=architecture,
-                           method="ft", hyperparameters={}, class_map={"0": "background", "1": "cat"}, num_classes=2,
+                           method="ft", hyperparameters={"image_size": image_size}, class_map={"0": "background", "1": "cat"}, num_classes=2,
                            checkpoint_key=f"models/{task.model_id}/checkpoints/{version}/model.pt",
                            checkpoint_sha256="0" * 64, checkpoint_bytes=1))
         s.flush()
@@ -252,6 +254,49 @@ def test_with_nothing_pending_a_task_starts_from_production(env, tmp_path):
         task = s.get(Task, second.task_id)
         assert task.parent_version == 1 and task.spec["after_task_id"] is None
         assert task.spec["architecture"] == "fcn_resnet50"
+
+
+def test_a_deployments_defaults_build_the_first_task_and_later_tasks_inherit_its_image_size(env, tmp_path):
+    _, sessions, _ = env
+    gpu = TaskDefaults(architecture="deeplabv3_resnet101", image_size=512)  # what docker-compose.yml sets
+    first = register(env, tmp_path, {"classes": ["cat"]}, defaults=gpu)
+    queued = register(env, tmp_path, {"classes": ["dog"]})  # behind the first: inherits from it
+    sized = register(env, tmp_path, {"classes": ["owl"], "image_size": 320})  # a spec's own size wins
+    with sessions() as s:
+        specs = [s.get(Task, r.task_id).spec for r in (first, queued, sized)]
+    assert [(x["architecture"], x["image_size"]) for x in specs] == [
+        ("deeplabv3_resnet101", 512), ("deeplabv3_resnet101", 512), ("deeplabv3_resnet101", 320)]
+    # Once trained, a task with nothing pending takes production's image size, not the service's default.
+    with session_scope(sessions) as s:
+        for r in (queued, sized):
+            cancel_task(s, r.task_id)
+    trained(env, first.task_id, 1, "deeplabv3_resnet101", image_size=512)
+    with session_scope(sessions) as s:
+        s.add(Alias(model_id=model_id(env), name="production", version=1))
+    later = register(env, tmp_path, {"classes": ["cow"]})
+    with sessions() as s:
+        assert s.get(Task, later.task_id).spec["image_size"] == 512
+
+
+@pytest.mark.parametrize("architecture, images, val_fraction, refused", [
+    ("deeplabv3_mobilenet_v3_large", 2, 0.1, True),  # one left to train: ASPP's BatchNorm cannot take a batch of 1
+    ("deeplabv3_mobilenet_v3_large", 2, 0.0, False),
+    ("deeplabv3_mobilenet_v3_large", 3, 0.1, False),
+    ("lraspp_mobilenet_v3_large", 2, 0.1, False),  # no BatchNorm on a pooled map: trains on one image
+])
+def test_an_upload_a_network_cannot_train_on_is_refused_at_submission(env, tmp_path, architecture, images,
+                                                                       val_fraction, refused):
+    spec = {"classes": ["cat"], "architecture": architecture, "val_fraction": val_fraction}
+    if not refused:
+        assert register(env, tmp_path, spec, n=images).created
+        return
+    with pytest.raises(UploadRejected) as err:
+        register(env, tmp_path, spec, n=images)
+    assert str(err.value) == (
+        "invalid spec: val_fraction: the upload leaves 1 training image once val_fraction 0.1 kept 1 for validation; "
+        "a deeplabv3_mobilenet_v3_large trains on batches of at least 2 images (send more images, or set "
+        "val_fraction 0)")
+    assert leftovers(env) == (0, 0, 0, 0)
 
 
 def test_a_cancelled_task_gives_back_its_indices_and_names(env, tmp_path):
@@ -362,7 +407,7 @@ def test_cancel_of_running_and_finished_tasks_and_listing(env, tmp_path):
         assert [v.id for v in list_task_views(s, "running")] == [first.task_id]
         view = task_view(s, second.task_id)
         assert view.items == {"train": 4, "val": 1} and view.model == "m"
-        assert view.architecture == "deeplabv3_resnet101" and view.classes == {"dog": 2}
+        assert view.architecture == "lraspp_mobilenet_v3_large" and view.classes == {"dog": 2}
         assert task_view(s, other.task_id).model == "other" and task_view(s, other.task_id).classes == {"cat": 1}
         with pytest.raises(ValueError, match="unknown status 'done'"):
             list_task_views(s, "done")

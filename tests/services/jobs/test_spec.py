@@ -33,7 +33,7 @@ def test_a_row_written_before_the_typed_spec_reads_back_and_round_trips() -> Non
 
 def test_index_masks_store_no_palette_and_only_the_hyperparameters_given() -> None:
     client = parse_spec('{"classes": ["cat"], "hyperparameters": {"lambda_u": 3}}')
-    resolved = {**client.model_dump(), "method": "mib", "architecture": "fcn_resnet50"}
+    resolved = {**client.model_dump(), "method": "mib", "architecture": "fcn_resnet50", "image_size": 512}
     stored = ResolvedSpec.model_validate(resolved).stored()
     assert "palette" not in stored and stored["hyperparameters"] == {"lambda_u": 3.0}
     assert stored["after_task_id"] is None and stored["assigned_classes"] == {}
@@ -93,7 +93,8 @@ def test_the_architecture_is_named_architecture_and_model_is_refused_naming_it()
         parse_spec('{"classes": ["cat"], "model": "fcn_resnet50"}')
     with pytest.raises(UploadRejected, match="unknown architecture 'resnet9000'"):
         parse_spec('{"classes": ["cat"], "architecture": "resnet9000"}')
-    stored = ResolvedSpec.model_validate({"classes": ["cat"], "method": "mib", "architecture": "fcn_resnet50"}).stored()
+    stored = ResolvedSpec.model_validate({"classes": ["cat"], "method": "mib", "architecture": "fcn_resnet50",
+                                           "image_size": 512}).stored()
     assert stored["architecture"] == "fcn_resnet50" and "model" not in stored
 
 
@@ -128,7 +129,8 @@ def test_stored_rows_keep_loading_whatever_their_names_hold() -> None:
 
 
 def test_only_a_first_step_looks_in_the_workers_weights_dir() -> None:
-    spec = ResolvedSpec.model_validate({"classes": ["cat"], "method": "mib", "architecture": "fcn_resnet50"})
+    spec = ResolvedSpec.model_validate({"classes": ["cat"], "method": "mib", "architecture": "fcn_resnet50",
+                                           "image_size": 512})
     first = spec.step_config(first=True, step_index=0, train={}, weights_dir=Path("/weights"))
     later = spec.step_config(first=False, step_index=1, train={}, weights_dir=Path("/weights"))
     assert first.backbone_weights_dir == Path("/weights") and first.pretrained_backbone is True
