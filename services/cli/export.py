@@ -1,8 +1,10 @@
 """``strata export``: a version as a file for another runtime (ONNX, TorchScript, a Triton model
-repository), from the database and object store of the settings, like the API's
-``GET /models/{name}/versions/{v}/export``: the same cache, built and recorded on first use.
+repository), downloaded through the API's ``GET /models/{name}/versions/{v}/export``, or with
+``--from-database`` built here from the database and object store of the settings: the same cache,
+built and recorded on first use.
 
-Exit codes: 0 written, 2 an error (a flag naming nothing, the database or the store unreachable).
+Exit codes: as every client command (``services/cli/remote.py``); with --from-database, 0 written, 2
+an error (a flag naming nothing, the database or the store unreachable).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from services.cli.remote import client_command, common_flags, need_model, print_json
 from services.db.models import ExportFormat
 from services.errors import NotFound
 
@@ -98,26 +101,56 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not args.from_database:
+        return _download(args)
     try:
+        if args.url or args.api_key or args.json:
+            raise argparse.ArgumentTypeError("--from-database reads the database and object store of the STRATA_* "
+                                             "settings itself: --url, --api-key and --json are for the API")
+        if not args.model:
+            raise argparse.ArgumentTypeError("--model: name the model")
         return _export(args)
     except argparse.ArgumentTypeError as err:  # a flag refused after parsing: the same exit code as argparse's
         print(f"strata export: {err}", file=sys.stderr)
         return 2
 
 
+@client_command
+def _download(args: argparse.Namespace, client) -> int:
+    """The version's file from the API (GET /models/{name}/versions/{v}/export), with a download bar."""
+    from services.cli.watch import upload_bar
+
+    model = need_model(args)
+    output = _output(args.output)
+    bar, moved = upload_bar(f"{model} version {args.version} as {args.format}", quiet=args.quiet or args.json)
+    try:
+        found = client.export(model, args.version, args.format, output, on_download=moved)
+    finally:
+        bar.close()
+    if args.json:
+        print_json(found)
+    else:
+        print(f"{found.path}: {model} version {found.model_version} as {args.format}, {found.bytes} bytes, "
+              f"sha256 {found.sha256}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="export a version for another runtime (ONNX, TorchScript, Triton)",
+        "export", parents=[common_flags()], help="export a version for another runtime (ONNX, TorchScript, Triton)",
         description="Write a model version as an ONNX model, a TorchScript module or a Triton model repository "
-                    "(zip), its contract (classes, colours, preprocessing) embedded. The first export of a version "
-                    "is checked against PyTorch and cached in the object store (what GET "
-                    "/models/{name}/versions/{v}/export serves); later ones are copied from there.")
-    p.add_argument("--model", required=True, metavar="NAME", help="the model's name")
+                    "(zip), its contract (classes, colours, preprocessing) embedded, downloaded from the API "
+                    "(GET /models/{name}/versions/{v}/export). The first export of a version is checked against "
+                    "PyTorch and cached in the object store; later ones are served from there. With "
+                    "--from-database it is built here, from the database and object store of the STRATA_* "
+                    "settings, without the API (on a server host).")
     p.add_argument("--version", default="production", metavar="V",
                    help="a version number or an alias (default: production)")
     p.add_argument("--format", choices=[f.value for f in ExportFormat], default=ExportFormat.ONNX.value,
                    help="default: onnx")
     p.add_argument("--output", metavar="PATH", help="the file to write, or an existing directory to write "
                                                     "{model}-v{version}.onnx (.pt, -triton.zip) into (default: here)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--from-database", action="store_true",
+                   help="build it here from the database and object store (STRATA_* settings), not through the API")
     p.set_defaults(func=_run)

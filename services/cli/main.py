@@ -12,7 +12,9 @@ import sys
 
 from services.errors import StrataError
 
-COMMANDS = ("run", "worker", "db", "verify", "export", "experiment", "bench")
+# The server's commands, then the client's (which talk to a running server over its REST API).
+COMMANDS = ("run", "worker", "db", "verify", "experiment", "bench",
+            "demo", "submit", "tasks", "versions", "segment", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,7 +52,7 @@ def strata_export(prepared, monkeypatch, capsys):
     def run(*args: str) -> tuple[int, str, str]:
         get_settings.cache_clear()
         try:
-            code = main(["export", *args])
+            code = main(["export", "--from-database", *args])
         except SystemExit as exit:  # argparse's own refusals
             code = exit.code
         out, err = capsys.readouterr()
@@ -99,7 +99,7 @@ def test_it_writes_the_file_then_copies_it_from_the_cache(strata_export, session
     (["--model", "pets", "--version", "7"], "--version: model version 7 does not exist"),
     (["--model", "pets", "--version", "candidate"], "--version: 'candidate' is neither a version number nor a set alias"),
     (["--model", "pets", "--format", "tflite"], "argument --format: invalid choice: 'tflite'"),
-    (["--version", "1"], "the following arguments are required: --model"),
+    (["--version", "1"], "--model: name the model"),
     (["--model", "pets", "--output", "/nonexistent/dir/x.onnx"], "--output: directory /nonexistent/dir does not exist"),
 ])
 def test_bad_flags_are_refused_in_their_terms(strata_export, sessions, pets, args, message):
@@ -113,7 +113,7 @@ def test_two_processes_exporting_at_once_leave_one_export(prepared, sessions, pe
     """Two `strata export` processes (no lock in common) build the same export at once: both write
     the file, and the store and the database are left with one export that its row names."""
     env = {**os.environ, **settings_env(prepared)}
-    command = [sys.executable, "-m", "services.cli.main", "export", "--model", "pets", "--quiet", "--output"]
+    command = [sys.executable, "-m", "services.cli.main", "export", "--from-database", "--model", "pets", "--quiet", "--output"]
     procs = [subprocess.Popen([*command, str(tmp_path / f"{i}.onnx")], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     for proc in procs:
