@@ -1,6 +1,7 @@
 """The tables: models (named lineages), and within each model its tasks and their dataset items,
 its classes, its versions with their metrics and exports, its aliases; API keys (and the models a
-key is limited to), worker heartbeats and the audit log of admin actions.
+key is limited to), worker heartbeats, the audit log of admin actions, and webhook subscriptions
+with their deliveries.
 
 Everything a model owns carries ``model_id``: a class index, a version number and an alias name are
 unique within their model only, so their keys are composite ``(model_id, ...)`` and every foreign
@@ -367,3 +368,67 @@ class StagedUpload(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Set when its cleanup failed (the store was down): the janitor may take it at once.
     abandoned_at: Mapped[datetime | None]
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # not sent yet, or to be tried again at next_attempt_at
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # every attempt failed: given up
+
+
+class Webhook(Base):
+    """A subscription: events of some kinds (of some models, or all) are POSTed to ``url``, signed
+    with ``secret`` (services/webhooks). Disabled by the service after ``consecutive_failures``
+    failed attempts in a row, saying why in ``disabled_reason``."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (
+        CheckConstraint("consecutive_failures >= 0", name="consecutive_failures_nonnegative"),
+        {"sqlite_autoincrement": True},  # an id is never reused: a receiver's configuration names it
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[Any]]  # event names (services/webhooks/events.py EVENTS), or ["*"]: all of them
+    models: Mapped[list[Any] | None]  # model names; NULL: every model (and events of no model)
+    # Kept as given: the deliverer signs with it (a hash would not do). Shown once, at creation.
+    secret: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    enabled: Mapped[bool] = mapped_column(default=True, server_default=true())
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    disabled_at: Mapped[datetime | None]
+    # Failed attempts in a row, over all its deliveries; a success sets it back to 0.
+    consecutive_failures: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by_key_id: Mapped[int | None]  # not a foreign key, as in the audit log: keys come and go
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription, and its attempts so far: the outbox of webhooks (written in
+    the transaction of the change it announces) and the subscription's delivery log. Retries keep
+    the row, so ``event_id`` (the receiver's deduplication key) stays the same."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(_in("status", DeliveryStatus), name="status_valid"),
+        CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+        UniqueConstraint("webhook_id", "event_id"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+        {"sqlite_autoincrement": True},  # an id is never reused: it pages the delivery log
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))  # "task.succeeded", ..., or "ping"
+    event_id: Mapped[str] = mapped_column(String(32))  # uuid4 hex, shared by the event's deliveries
+    payload: Mapped[dict[str, Any]]  # the body: {"id", "event", "created_at", "model", "data"}
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    # When it is due (again); while a deliverer holds it, the end of its lease. NULL once it ended.
+    next_attempt_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_duration_ms: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]

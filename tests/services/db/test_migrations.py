@@ -22,6 +22,8 @@ TABLES = {
     "audit_events",
     "staged_uploads",
     "version_exports",
+    "webhook_deliveries",
+    "webhooks",
     "class_metrics",
     "classes",
     "dataset_items",
