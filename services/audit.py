@@ -39,6 +39,10 @@ class Action(StrEnum):
     VERSION_PROMOTE = "version.promote"
     VERSION_ROLLBACK = "version.rollback"
     VERSION_DELETE = "version.delete"
+    WEBHOOK_CREATE = "webhook.create"
+    WEBHOOK_UPDATE = "webhook.update"
+    WEBHOOK_DELETE = "webhook.delete"
+    WEBHOOK_DISABLE = "webhook.disable"  # by the service, after failed deliveries in a row
 
 
 def record(session: Session, actor: Caller | None, action: Action, *, model: Model | None = None,

@@ -111,6 +111,20 @@ class Settings(BaseSettings):
         "mobilenet_v3_large-8738ca79.pth, resnet101-63fe2227.pth), looked in first when a model's first task "
         "asks for a pretrained backbone: what air-gapped workers use instead of a download."))
 
+    # --- webhooks (sent by every worker: services/webhooks) ------------------------------
+    webhook_poll_s: float = Field(1.0, gt=0, le=3600, description=(
+        "Seconds between a worker's looks for webhook deliveries that are due."))
+    webhook_timeout_s: float = Field(10.0, gt=0, le=300, description=(
+        "How long a receiver may take to connect, and between bytes of its answer, before the attempt fails."))
+    webhook_max_attempts: int = Field(8, ge=1, le=100, description=(
+        "Attempts per delivery; after the last failed one the delivery is given up (status failed)."))
+    webhook_backoff_s: float = Field(5.0, gt=0, le=86400, description=(
+        "Delay before a delivery's first retry; it doubles with every further failure (with jitter)."))
+    webhook_backoff_max_s: float = Field(3600.0, gt=0, le=7 * 86400, description=(
+        "The longest delay between two attempts of a delivery."))
+    webhook_disable_after: int = Field(20, ge=1, le=100_000, description=(
+        "Failed attempts in a row, over all of a subscription's deliveries, after which it is disabled."))
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, v: str | None) -> str | None:
@@ -145,6 +159,13 @@ class Settings(BaseSettings):
             for name in ("s3_access_key", "s3_secret_key"):
                 if not getattr(self, name):
                     raise ValueError(f"{ENV_PREFIX}{name.upper()} is required when {ENV_PREFIX}S3_ENDPOINT is set")
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_backoff_within_its_cap(self) -> "Settings":
+        if self.webhook_backoff_s > self.webhook_backoff_max_s:
+            raise ValueError(f"{ENV_PREFIX}WEBHOOK_BACKOFF_S ({self.webhook_backoff_s:g}) must not exceed "
+                             f"{ENV_PREFIX}WEBHOOK_BACKOFF_MAX_S ({self.webhook_backoff_max_s:g})")
         return self
 
     # --- derived values (one place that knows the embedded layout) --------------------------

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 WEB_AND_QUEUE = ("fastapi", "starlette", "uvicorn", "celery", "kombu", "billiard")
 CORE = ("learning", "evaluation", "data", "db", "storage", "broker", "config", "errors", "labels", "text")
-RECORDS = ("registry", "auth", "audit")
+RECORDS = ("registry", "auth", "audit", "webhooks")
 APPLICATION = ("jobs", "experiments", "inference", "cli")
 
 
