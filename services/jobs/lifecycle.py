@@ -5,19 +5,21 @@
       '------cancel------'----cancel-----> cancelled   (a running task stops at its next step)
 
 A task that ends without a version gives its class names back (its indices stay burnt, so a
-mask value never changes meaning). The caller commits.
+mask value never changes meaning). Every transition announces itself to the webhooks that want it
+(``services/webhooks/events.py``), in the same transaction. The caller commits.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import delete
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from services.db.base import utcnow
 from services.db.models import SemanticClass, Task, TaskStatus
 from services.jobs.errors import TaskFinished, TaskNotFound
 from services.jobs.failures import public_error
 from services.jobs.spec import ResolvedSpec
+from services.webhooks import events
 
 FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 MAX_ERROR_CHARS = 4000
@@ -37,6 +39,7 @@ def queue(session: Session, model_id: int, task_id: str, spec: ResolvedSpec, par
     task = Task(id=task_id, model_id=model_id, kind="train", status=TaskStatus.QUEUED.value, spec=spec.stored(),
                 idempotency_key=idempotency_key, request_sha256=request_sha256, parent_version=parent_version)
     session.add(task)
+    events.task_event(session, events.TASK_QUEUED, task)
     return task
 
 
@@ -47,12 +50,14 @@ def start(task: Task, parent_version: int | None) -> None:
     task.started_at = task.started_at or utcnow()
     task.attempts = (task.attempts or 0) + 1
     task.error = None
+    events.task_event(object_session(task), events.TASK_STARTED, task)
 
 
 def succeed(task: Task) -> None:
     """The task's version is recorded (in the same transaction)."""
     task.status = TaskStatus.SUCCEEDED
     task.finished_at = utcnow()
+    events.task_event(object_session(task), events.TASK_SUCCEEDED, task)
 
 
 def fail(session: Session, task: Task, error: str) -> None:
@@ -61,6 +66,7 @@ def fail(session: Session, task: Task, error: str) -> None:
     task.error = public_error(error)[:MAX_ERROR_CHARS]
     task.finished_at = utcnow()
     _release_classes(session, task)
+    events.task_event(session, events.TASK_FAILED, task)
 
 
 def cancel(session: Session, task: Task, reason: str) -> None:
@@ -68,6 +74,7 @@ def cancel(session: Session, task: Task, reason: str) -> None:
     task.error = reason
     task.finished_at = utcnow()
     _release_classes(session, task)
+    events.task_event(session, events.TASK_CANCELLED, task)
 
 
 def end_attempt(session: Session, task_id: str, *, failed: str | None = None, cancelled: str | None = None) -> None:

@@ -3,7 +3,8 @@
 ``staging``, ...), moved explicitly.
 
 Promotion moves ``production``; a rollback is a promotion of an older version. Alias names are
-unique within their model. The caller commits.
+unique within their model. Every move is announced to the webhooks that want it (``alias.moved``,
+in the same transaction; a "move" to where the alias already points is none). The caller commits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from services.db.base import utcnow
 from services.db.models import Alias, ModelVersion
 from services.errors import Conflict, InvalidInput
 from services.registry.errors import VersionNotFound
+from services.webhooks import events
 
 PRODUCTION = "production"
 LATEST = "latest"
@@ -51,16 +53,20 @@ def get_alias(session: Session, model_id: int, name: str, *, for_update: bool = 
     return row.version if row else None
 
 
-def set_alias(session: Session, model_id: int, name: str, version: int) -> int | None:
-    """Point ``name`` at ``version``; return the version it pointed at before (None if unset)."""
+def set_alias(session: Session, model_id: int, name: str, version: int, *, automatic: bool = True) -> int | None:
+    """Point ``name`` at ``version``; return the version it pointed at before (None if unset).
+    ``automatic``: the service moves it (``latest``, the promotion policy); a person's move is
+    ``move_alias``'s."""
     if session.get(ModelVersion, (model_id, version)) is None:
         raise VersionNotFound(f"model version {version} does not exist")
     row = session.get(Alias, (model_id, name))
+    previous = row.version if row is not None else None
     if row is None:
         session.add(Alias(model_id=model_id, name=name, version=version, updated_at=utcnow()))
         session.flush()
-        return None
-    previous, row.version, row.updated_at = row.version, version, utcnow()
+    else:
+        row.version, row.updated_at = version, utcnow()
+    events.alias_event(session, model_id, name, previous, version, automatic=automatic)
     return previous
 
 
@@ -70,7 +76,7 @@ def move_alias(session: Session, model_id: int, name: str, version: int) -> int 
     if name == LATEST:
         raise AliasConflict(f"{LATEST!r} always names the newest version and is moved by the service only; "
                             "choose another alias name")
-    return set_alias(session, model_id, name, version)
+    return set_alias(session, model_id, name, version, automatic=False)
 
 
 def remove_alias(session: Session, model_id: int, name: str) -> int:

@@ -27,6 +27,7 @@ from services.registry.errors import InvalidVersionRecord, VersionInUse, Version
 from services.registry.exports import delete_exports
 from services.registry.models import pending_task_ids, promotion_policy
 from services.registry.policy import Candidate, PromotionDecision, decide
+from services.webhooks import events
 
 IOU_TOLERANCE = 1e-6
 Score = tuple[float | None, int, int, int]  # (iou or None, tp, fp, fn)
@@ -214,6 +215,7 @@ def record_version(
     policy = promotion_policy(settings or get_settings(), session.get(Model, model_id))
     decision = decide(policy, candidate)
     row.promotion = decision.as_dict()
+    events.version_event(session, row)  # before the aliases move: receivers hear of the version first
     set_alias(session, model_id, LATEST, row.version)
     if decision.promote:
         set_alias(session, model_id, PRODUCTION, row.version)
