@@ -10,6 +10,8 @@ from sqlalchemy import select
 from services.db.models import DeliveryStatus, Model, Task, Webhook, WebhookDelivery
 from services.db.session import session_scope
 from services.jobs import lifecycle
+from services.jobs.progress import ProgressWriter
+from services.learning.trainer import Progress
 from services.registry.aliases import move_alias, promote
 from services.registry.models import create_model
 from services.webhooks import events
@@ -131,3 +133,23 @@ def test_a_persons_move_is_announced_and_a_move_to_where_it_was_is_not(sessions,
     assert [r.payload["data"] for r in sent(sessions)] == [
         {"alias": "production", "from": 2, "to": 1, "automatic": False},
         {"alias": "candidate", "from": None, "to": 2, "automatic": False}]
+
+
+def report(epoch: int, step: int, epochs: int = 3, steps: int = 4) -> Progress:
+    return Progress(epoch=epoch, epochs=epochs, step=step, steps=steps, loss=1.0 / (epoch * steps + step), lr=0.01,
+                    images_per_s=10.0)
+
+
+def test_each_epoch_is_announced_once_at_its_end_even_when_a_redelivery_redoes_it(sessions, models):
+    subscribe(sessions, ["task.epoch_finished"])
+    with session_scope(sessions) as s:
+        s.add(Task(id="t1", model_id=models["north"], spec={"classes": ["cat"]}, status="running"))
+    first = ProgressWriter(sessions, "t1")  # throttled as in production: steps within a second are skipped...
+    for epoch, step in ((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2)):
+        first(report(epoch, step))  # ... but never an epoch's last step
+    assert [(r.payload["data"]["epoch"], r.payload["data"]["epochs"]) for r in sent(sessions)] == [(1, 3)]
+    assert sent(sessions)[0].payload["data"]["loss"] == pytest.approx(1 / 8, abs=1e-5)
+    second = ProgressWriter(sessions, "t1")  # a redelivery resumes from epoch 1's checkpoint...
+    for epoch, step in ((1, 3), (1, 4), (2, 4), (3, 4)):  # ... and re-does the end of epoch 1
+        second(report(epoch, step))
+    assert [r.payload["data"]["epoch"] for r in sent(sessions)] == [1, 2, 3]
