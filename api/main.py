@@ -27,6 +27,7 @@ from api.routes import (
     segment,
     tasks,
     versions,
+    webhooks,
     workers,
 )
 from api.routes.dashboard import install_dashboard
@@ -53,6 +54,9 @@ TAGS = [
     {"name": "inference", "description": "Segment an image with a model's production version or any other."},
     {"name": "audit", "description": "Who (which API key) created, changed, promoted, rolled back, cancelled, "
                                      "revoked or deleted what, and when. Admin keys for every model."},
+    {"name": "webhooks", "description": "Subscriptions: task, version and alias events POSTed to your URL, signed "
+                                        "(HMAC-SHA256), retried with backoff; each one's delivery log. Admin keys "
+                                        "for every model."},
 ]
 
 
@@ -86,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_metrics(app)  # GET /metrics and the request-latency middleware
     app.include_router(keys.router)
     app.include_router(audit.router)
+    app.include_router(webhooks.router)
     app.include_router(models.router)
     app.include_router(tasks.model_router)
     app.include_router(versions.router)
