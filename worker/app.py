@@ -14,6 +14,7 @@ from celery import Celery
 from services import broker
 from services.config import Settings, get_settings
 from worker.relay import OutboxRelay
+from worker.webhooks import WebhookSender
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -36,6 +37,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     app.steps["worker"].add(OutboxRelay)  # re-sends owed messages while the worker lives
+    app.steps["worker"].add(WebhookSender)  # sends webhook deliveries that are due, in a thread of its own
     return app
 
 
