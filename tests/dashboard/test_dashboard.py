@@ -346,3 +346,30 @@ def test_dozens_of_versions_and_classes_scroll_and_stay_readable(stack_factory, 
     assert page.eval_on_selector_all("#versions-table tbody tr", "rs => rs.length") == 30
     assert page.eval_on_selector_all("#lineage .node", "ns => ns.length") == 30
     shot(page, "many-versions")
+
+
+def test_strata_demo_ends_with_two_versions_the_dashboard_shows(stack, new_page):
+    """The quick start: `strata demo` against a running service, then the dashboard shows its model."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.dashboard.conftest import ROOT
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("STRATA_")},
+           "STRATA_URL": stack.url, "STRATA_API_KEY": stack.admin_key}
+    demo = subprocess.run([sys.executable, "-m", "services.cli.main", "demo", "--images", "12", "--size", "48",
+                           "--epochs", "2", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0, demo.stderr
+    model = json.loads(demo.stdout)["model"]
+    page = new_page()
+    sign_in(page, stack, hash_=f"#/m/{model}")
+    page.wait_for_selector("#versions-table tr[data-version='2']")
+    rows = page.eval_on_selector_all("#versions-table tbody tr", "rs => rs.map(r => Number(r.dataset.version))")
+    assert sorted(rows) == [1, 2]
+    nodes = page.eval_on_selector_all("#lineage .node", "ns => ns.map(n => Number(n.dataset.version))")
+    assert sorted(nodes) == [1, 2]
+    shot(page, "demo-versions")
+    page.evaluate("location.hash = '#/'")
+    page.wait_for_selector(f".model-card[data-model='{model}']")
