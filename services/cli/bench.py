@@ -58,7 +58,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks")
+    bench = sub.add_parser("bench", help="benchmarks", description=(
+        "Benchmarks that need no service: `strata bench train` times training steps of a network and method on "
+        "random data (images/s, against nothing: the scripts in bench/ print ratios against a bare baseline)."))
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     p = kinds.add_parser("train", help="time training steps on random data after a warm-up")
     p.add_argument("--model", choices=ARCHITECTURES, default=SMALL_ARCHITECTURE)

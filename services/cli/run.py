@@ -52,8 +52,13 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="apply migrations, start the API and one training worker")
+    p = sub.add_parser("run", help="apply migrations, start the API and one training worker", description=(
+        "Apply the database migrations, then start the API (STRATA_HOST:STRATA_PORT, default 127.0.0.1:8000) and "
+        "one training worker, on the STRATA_* settings (default: everything embedded under ./var, no server "
+        "needed). Prints where the first API keys are. Ctrl-C stops both cleanly."))
     p.set_defaults(func=_run)
-    p = sub.add_parser("api", help="start the API only")
+    p = sub.add_parser("api", help="start the API only", description=(
+        "Start the API alone (uvicorn on STRATA_HOST:STRATA_PORT), after applying the database migrations "
+        "unless --no-migrate; run workers with `strata worker`."))
     p.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
     p.set_defaults(func=_api)
