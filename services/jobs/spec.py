@@ -107,9 +107,20 @@ class Hyperparameters(BaseModel):
     @field_validator("backbone_weights")
     @classmethod
     def _weights_path(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is not None and _client_rules(info) and (hidden := hidden_character(v)):
+        if v is None or not _client_rules(info):
+            return v
+        if hidden := hidden_character(v):
             raise ValueError(f"a file path cannot hold {hidden}")
+        if not v.startswith("/"):  # relative to what? The worker's working directory is not the client's to know
+            raise ValueError(f"{v!r} must be an absolute path on the worker's disk")
         return v
+
+    @model_validator(mode="after")
+    def _weights_or_random(self, info: ValidationInfo) -> Hyperparameters:
+        if _client_rules(info) and self.backbone_weights is not None and self.pretrained_backbone is False:
+            raise ValueError("backbone_weights loads a weights file, pretrained_backbone false asks for random "
+                             "initialisation: give one of them")
+        return self
 
     def given(self) -> dict[str, Any]:
         """The hyperparameters the client set."""

@@ -74,7 +74,6 @@ def test_a_key_given_twice_in_the_spec_is_422_naming_it(client, prepared, admin,
     ({"pretrained_backbone": True}, "hyperparameters.pretrained_backbone"),
     ({"pretrained_backbone": True, "backbone_weights": "/w.pth"},
      "hyperparameters.pretrained_backbone, hyperparameters.backbone_weights"),
-    ({"pretrained_backbone": False, "backbone_weights": "/w.pth"}, "hyperparameters.backbone_weights"),
 ])
 def test_backbone_settings_on_a_later_task_are_422_naming_the_field(client, prepared, admin, hyperparameters, fields):
     """Only the first task builds the network; a later one (here: queued behind the first) inherits it."""
@@ -91,6 +90,21 @@ def test_backbone_settings_on_a_later_task_are_422_naming_the_field(client, prep
     # "load no pretrained weights" is what every later step does: said again, it is accepted
     later = {"classes": ["bus"], "hyperparameters": {"pretrained_backbone": False}}
     assert post_task(client, admin, later, dataset(2, 1)).status_code == 202
+
+
+@pytest.mark.parametrize("hyperparameters, message", [
+    ({"pretrained_backbone": False, "backbone_weights": "/w.pth"},
+     "invalid spec: hyperparameters: backbone_weights loads a weights file, pretrained_backbone false asks for "
+     "random initialisation: give one of them"),
+    ({"backbone_weights": "weights/w.pth"},
+     "invalid spec: hyperparameters.backbone_weights: 'weights/w.pth' must be an absolute path on the worker's disk"),
+])
+def test_backbone_settings_that_cannot_mean_anything_are_422_at_submission(client, prepared, admin, hyperparameters,
+                                                                           message):
+    r = post_task(client, admin, {"classes": ["car"], "hyperparameters": hyperparameters}, dataset(2, 1))
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == message
+    assert leftovers(prepared) == NOTHING
 
 
 def test_a_backbone_weights_path_with_a_control_character_is_422(client, prepared, admin):

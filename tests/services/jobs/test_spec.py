@@ -52,10 +52,10 @@ def test_training_settings_come_from_the_spec_where_given_and_from_the_engine_el
     assert later.architecture == "lraspp_mobilenet_v3_large"
 
     first = ResolvedSpec.model_validate({**OLD_ROW, "method": "mib", "hyperparameters": {
-        "lambda_u": 2.0, "pretrained_backbone": False, "backbone_weights": "/weights/resnet.pth"}})
+        "lambda_u": 2.0, "pretrained_backbone": True, "backbone_weights": "/weights/resnet.pth"}})
     base = first.step_config(first=True, step_index=0, train={})
     assert base.loss_weights == {} and base.train == TrainConfig(epochs=12, batch_size=4)  # nothing to distil yet
-    assert (base.pretrained_backbone, base.backbone_weights) == (False, Path("/weights/resnet.pth"))
+    assert (base.pretrained_backbone, base.backbone_weights) == (True, Path("/weights/resnet.pth"))
     default = ResolvedSpec.model_validate({**OLD_ROW, "hyperparameters": {}}).step_config(first=True, step_index=0,
                                                                                           train={})
     assert default.pretrained_backbone is StepConfig.pretrained_backbone and default.backbone_weights is None
