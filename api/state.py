@@ -17,6 +17,7 @@ from services.db.models import Model
 from services.db.session import make_engine, make_session_factory
 from services.inference.admission import PixelBudget
 from services.inference.service import InferenceService
+from services.jobs.spec import TaskDefaults
 from services.storage import ObjectStore, open_store
 
 
@@ -29,6 +30,7 @@ class AppState:
     queue: TaskQueue
     inference: InferenceService
     pixels: PixelBudget  # what /segment decodes at once (services/inference/admission.py)
+    task_defaults: TaskDefaults  # what a model's first task gets for the spec fields it leaves out
     # Stand-ins while the database is unreachable (stale-if-error): key hash -> caller, name -> model.
     callers: LastKnown[str, Caller] = field(default_factory=lambda: LastKnown(0))
     models: LastKnown[str, Model] = field(default_factory=lambda: LastKnown(0))
@@ -47,6 +49,7 @@ class AppState:
             queue=TaskQueue(settings),
             inference=InferenceService(settings, sessions, store, on_batch=on_inference_batch),
             pixels=PixelBudget(settings.segment_max_pixels_in_flight, settings.segment_queue_timeout_s),
+            task_defaults=TaskDefaults.from_settings(settings),  # a bad STRATA_DEFAULT_ARCHITECTURE stops the start
             callers=LastKnown(settings.stale_if_error_s),
             models=LastKnown(settings.stale_if_error_s),
         )

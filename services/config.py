@@ -19,7 +19,6 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.errors import InvalidInput
-from services.learning.names import ARCHITECTURES, DEFAULT_ARCHITECTURE, DEFAULT_IMAGE_SIZE
 
 ENV_PREFIX = "STRATA_"
 
@@ -83,9 +82,10 @@ class Settings(BaseSettings):
     # --- what a task that leaves them out gets ---------------------------------------------
     # Chosen so that a machine without a GPU trains a first version in minutes (docs/results.md,
     # "CPU defaults"); GPU deployments set the papers' network and crop (docker-compose.yml).
-    default_architecture: str = Field(DEFAULT_ARCHITECTURE, description=(
-        f"The network of a model whose first task names none: one of {', '.join(ARCHITECTURES)}."))
-    default_image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=32, le=2048, description=(
+    # None: the engine's (services/learning/names.py); checked by services.jobs.spec.TaskDefaults.
+    default_architecture: str | None = Field(None, description=(
+        "The network of a model whose first task names none (default: LR-ASPP MobileNetV3)."))
+    default_image_size: int | None = Field(None, ge=32, le=2048, description=(
         "The image_size of a model's first task when its spec leaves it out (later tasks inherit theirs)."))
 
     # --- inference -------------------------------------------------------------------------
@@ -137,13 +137,6 @@ class Settings(BaseSettings):
     def _check_broker_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("redis://", "rediss://", "filesystem://", "memory://")):
             raise ValueError("must start with redis://, rediss:// or filesystem://")
-        return v
-
-    @field_validator("default_architecture")
-    @classmethod
-    def _check_architecture(cls, v: str) -> str:
-        if v not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {v!r}; choose one of {', '.join(ARCHITECTURES)}")
         return v
 
     @field_validator("s3_endpoint")

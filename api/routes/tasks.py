@@ -33,7 +33,6 @@ from services.errors import Unavailable
 from services.jobs.lifecycle import get_task, request_cancel
 from services.jobs.outbox import dispatch
 from services.jobs.registration import IngestLimits, Registration, register_task
-from services.jobs.spec import TaskDefaults
 from services.jobs.views import TaskView, list_task_views, task_view
 
 log = logging.getLogger(__name__)
@@ -112,7 +111,7 @@ def _register(state: AppState, model_id: int, received: Received, workdir: Path,
               key: str | None, caller: Caller) -> tuple[Registration, TaskView]:
     registration = register_task(state.sessions, state.store, model_id, received, workdir,
                                  IngestLimits.from_settings(state.settings), idempotency_key=key, actor=caller,
-                                 defaults=TaskDefaults.from_settings(state.settings))
+                                 defaults=state.task_defaults)
     if registration.created:
         _enqueue(state, registration.task_id)
     with state.sessions() as session:

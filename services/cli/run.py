@@ -10,10 +10,12 @@ from services.config import Settings, get_settings
 
 
 def prepare(settings: Settings) -> None:
-    """What every start needs: the schema at head and the object store ready."""
+    """What every start needs: settings the service can use, the schema at head and the object store ready."""
     from services.db.migrate import upgrade
+    from services.jobs.spec import TaskDefaults
     from services.storage import open_store
 
+    TaskDefaults.from_settings(settings)  # an unknown STRATA_DEFAULT_ARCHITECTURE: a message, before anything starts
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings)
     open_store(settings).ensure_ready()

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from services.config import Settings
+from services.config import ENV_PREFIX, Settings, SettingsError
 from services.data.formats.base import FORMAT_NAMES, OTHER_LABELS, ImportOptions
 from services.data.upload import UploadRejected, listed
 from services.db.models import Task
@@ -326,7 +326,12 @@ class TaskDefaults:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TaskDefaults:
-        return cls(settings.default_architecture, settings.default_image_size)
+        """The deployment's defaults; SettingsError naming the variable for an unknown architecture."""
+        architecture = settings.default_architecture or DEFAULT_ARCHITECTURE
+        if architecture not in ARCHITECTURES:
+            raise SettingsError(f"invalid configuration: {ENV_PREFIX}DEFAULT_ARCHITECTURE: unknown architecture "
+                                f"{architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        return cls(architecture, settings.default_image_size or DEFAULT_IMAGE_SIZE)
 
 
 class ResolvedSpec(TaskSpec):

@@ -135,3 +135,17 @@ def test_only_a_first_step_looks_in_the_workers_weights_dir() -> None:
     later = spec.step_config(first=False, step_index=1, train={}, weights_dir=Path("/weights"))
     assert first.backbone_weights_dir == Path("/weights") and first.pretrained_backbone is True
     assert later.backbone_weights_dir is None  # a later step grows its parent: no backbone is loaded
+
+
+def test_the_deployments_defaults_come_from_its_settings_and_an_unknown_architecture_names_the_variable():
+    from services.config import SettingsError, load_settings
+    from services.jobs.spec import TaskDefaults
+    from services.learning.names import DEFAULT_ARCHITECTURE, DEFAULT_IMAGE_SIZE
+
+    assert TaskDefaults.from_settings(load_settings()) == TaskDefaults(DEFAULT_ARCHITECTURE, DEFAULT_IMAGE_SIZE)
+    gpu = load_settings(default_architecture="deeplabv3_resnet101", default_image_size=512)
+    assert TaskDefaults.from_settings(gpu) == TaskDefaults("deeplabv3_resnet101", 512)
+    with pytest.raises(SettingsError) as err:
+        TaskDefaults.from_settings(load_settings(default_architecture="resnet9000"))
+    assert str(err.value).startswith("invalid configuration: STRATA_DEFAULT_ARCHITECTURE: unknown architecture "
+                                     "'resnet9000'; choose one of deeplabv3_resnet101,")
