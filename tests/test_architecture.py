@@ -90,7 +90,7 @@ def test_the_database_session_does_not_import_the_migrations() -> None:
 
 
 @pytest.mark.parametrize("module", ["services.learning.config", "services.learning.names", "services.cli.main",
-                                    "worker.tasks"])
+                                    "worker.tasks", "services.client"])
 def test_what_parsers_and_the_worker_parent_import_leaves_torch_out(module: str, tmp_path: Path) -> None:
     """CLI parsers and the task spec read the engine's defaults without paying for torch; the
     worker's parent process must never initialise CUDA (its pool children import torch per task)."""
@@ -98,6 +98,15 @@ def test_what_parsers_and_the_worker_parent_import_leaves_torch_out(module: str,
     env = {**os.environ, "STRATA_DATA_DIR": str(tmp_path)}  # worker.app prepares its broker folders there
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_the_client_talks_http_only() -> None:
+    """services/client is what users import to reach a server: the error vocabulary and the name of the
+    key file `make run` writes (services.auth), never the domain behind the API."""
+    allowed = ("services.client", "services.errors", "services.auth")
+    found = [f"{f.relative_to(ROOT)} imports {m}" for f in modules("services/client") for m in imports(f)
+             if under(m, "services") and not under(m, *allowed)]
+    assert found == []
 
 
 @pytest.mark.parametrize("package", ["db", "storage", "broker"])
