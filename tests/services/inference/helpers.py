@@ -72,7 +72,8 @@ def _ensure_classes(session: Session, model_id: int, task_id: str, class_map: Ma
     row.architecture = row.architecture or ARCH  # as the model's first task fixes it
     if session.get(Task, task_id) is None:
         session.add(Task(id=task_id, model_id=model_id,
-                         spec={"classes": [n for i, n in sorted(class_map.items()) if i], "architecture": ARCH}))
+                         spec={"classes": [n for i, n in sorted(class_map.items()) if i], "architecture": ARCH,
+                               "image_size": 64}))
         session.flush()
     for index, name in sorted(class_map.items()):
         if session.get(SemanticClass, (model_id, index)) is None:
