@@ -5,6 +5,7 @@ sockets), a real Celery worker process that trains, and the `strata` command run
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -226,3 +227,26 @@ def test_the_client_retries_through_an_outage_and_a_repeated_submission_is_one_t
     with Strata(proxy.url, key, backoff_s=0.05, retries=2) as client:
         with pytest.raises(ServerUnreachable, match="did not answer GET /models"):
             client.models()
+
+
+@SERVER
+def test_an_annotation_tools_export_folder_is_zipped_on_the_way_and_read_as_the_tool_wrote_it(api, prepared, strata,
+                                                                                          tmp_path):
+    import zipfile
+
+    from tests.worker.test_import_training import cvat_zip
+    from tests.worker.test_import_training import shapes as shape_samples
+
+    folder = tmp_path / "task_7-segmentation_mask_1.1"  # CVAT's export, unzipped by a user
+    with zipfile.ZipFile(io.BytesIO(cvat_zip(shape_samples(tmp_path, "s", 6, [1, 2, 3], 0)))) as zf:
+        zf.extractall(folder)
+    code, out, err = strata("submit", str(folder), "--model", "cvat", "--create-model", "--classes", "disc,square",
+                            "--other-labels", "background", "--no-wait", "--json")
+    assert code == 0, err
+    task = json.loads(out)
+    assert task["status"] == "queued" and task["classes"] == {"disc": 1, "square": 2}
+    report = task["import_report"]
+    assert report["format"] == "cvat_mask" and report["images"] == 6
+    assert report["class_images"] == {"disc": 6, "square": 6}
+    [issue] = report["issues"]  # the triangle, which the spec does not name, made background as asked
+    assert (issue["kind"], issue["labels"], issue["count"]) == ("unknown_labels", {"triangle": 6}, 6)
