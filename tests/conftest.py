@@ -9,7 +9,6 @@ Outside CI a missing server skips its tests; with CI=true it fails them.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import uuid
@@ -218,25 +217,10 @@ def sessions(prepared):
 @pytest.fixture
 def worker_process(prepared):
     """A real Celery worker process on the prepared settings' broker and queue."""
-    import subprocess
+    from tests.servers import worker_running
 
-    from services.cli.processes import worker_command
-    from services.config import settings_env
-
-    env = {**os.environ, **settings_env(prepared)}
-    log = prepared.data_dir / "worker.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(worker_command(prepared), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=Path(__file__).resolve().parents[1], start_new_session=True)
-    yield proc
-    # The whole process group: a Celery parent killed alone would leave its pool child behind.
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    print(log.read_text(errors="replace")[-4000:])  # shown by pytest only when a test fails
+    with worker_running(prepared, prepared.data_dir / "worker.log") as proc:
+        yield proc
 
 
 @pytest.fixture

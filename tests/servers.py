@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -253,3 +254,27 @@ class ApiProcess:
             if name in ("VmRSS", "VmHWM"):
                 fields[name] = int(value.split()[0])
         return fields
+
+
+@contextlib.contextmanager
+def worker_running(settings, log: Path) -> Iterator[subprocess.Popen]:
+    """A real Celery worker process on ``settings`` (its broker, queue and database), its output in
+    ``log``; stopped as a whole process group (a Celery parent killed alone would leave its pool
+    child behind), the log's tail printed (pytest shows it when a test fails)."""
+    from services.cli.processes import worker_command
+    from services.config import settings_env
+
+    env = {**os.environ, **settings_env(settings)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(worker_command(settings), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        print(log.read_text(errors="replace")[-4000:])

@@ -7,21 +7,14 @@ the sender outlives a database outage (PostgreSQL)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
-from services.cli.processes import worker_command
 from services.cli.run import prepare
-from services.config import settings_env
 from services.db.session import make_engine, make_session_factory, session_scope
 from services.webhooks.subscriptions import create_webhook, ping
+from tests.servers import worker_running
 from tests.services.webhooks.receiver import Receiver
 from tests.worker.test_training_flow import SMALL, create_model, shapes_zip, submit, wait_task
 
@@ -148,7 +141,8 @@ def test_the_sender_outlives_a_database_outage(server_settings, own_postgres, tm
     settings = server_settings.model_copy(update={"database_url": own_postgres.url, **FAST})
     prepare(settings)
     sessions = make_session_factory(engine := make_engine(settings))
-    with Receiver(SECRET) as receiver, worker(settings, tmp_path / "worker.log") as log:
+    log = tmp_path / "worker.log"
+    with Receiver(SECRET) as receiver, worker_running(settings, log):
         with session_scope(sessions) as s:
             hook_id = create_webhook(s, url=receiver.url, events=["*"], secret=SECRET).id
             ping(s, hook_id)
@@ -166,20 +160,3 @@ def test_the_sender_outlives_a_database_outage(server_settings, own_postgres, tm
     engine.dispose()
 
 
-@contextmanager
-def worker(settings, log: Path) -> Iterator[Path]:
-    """A worker process on ``settings``, as tests/conftest.py's worker_process starts one."""
-    env = {**os.environ, **settings_env(settings)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(worker_command(settings), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=Path(__file__).resolve().parents[2], start_new_session=True)
-    try:
-        yield log
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        print(log.read_text(errors="replace")[-4000:])  # shown by pytest only when a test fails
