@@ -74,7 +74,7 @@ def _submit(args: argparse.Namespace, client) -> int:
         task = follow(client, task.id, label=f"task {task.id[:8]}", quiet=args.json)
     except KeyboardInterrupt:
         say(f"\ndetached: task {task.id} keeps running; follow it with `strata tasks {task.id} --watch`, "
-            f"stop it with POST /tasks/{task.id}/cancel")
+            f"stop it with `strata tasks {task.id} --cancel`")
         return DETACHED
     return _report(args, task)
 

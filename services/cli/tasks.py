@@ -1,5 +1,6 @@
 """``strata tasks``: the training queue (a model's tasks, or every model's), or one task, followed
-live with ``--watch`` (what ``strata submit`` does after its upload; Ctrl-C detaches)."""
+live with ``--watch`` (what ``strata submit`` does after its upload; Ctrl-C detaches) or stopped
+with ``--cancel``."""
 
 from __future__ import annotations
 
@@ -17,14 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--status", choices=STATUSES, help="only tasks in this state")
     p.add_argument("--limit", type=int, default=50, help="at most this many, newest first (default 50)")
     p.add_argument("--watch", action="store_true", help="with TASK_ID: a live progress bar until the task ends")
+    p.add_argument("--cancel", action="store_true", help="with TASK_ID: cancel it (a running task stops at its next "
+                                                         "step; a queued one at once)")
     p.set_defaults(func=_tasks)
 
 
 @client_command
 def _tasks(args: argparse.Namespace, client) -> int:
     if args.task_id is None:
-        if args.watch:
-            raise argparse.ArgumentTypeError("--watch: name the TASK_ID to follow")
+        if args.watch or args.cancel:
+            raise argparse.ArgumentTypeError(f"{'--watch' if args.watch else '--cancel'}: name the TASK_ID")
         if not 1 <= args.limit <= 1000:
             raise argparse.ArgumentTypeError("--limit: must be 1 to 1000")
         tasks = client.tasks(args.model, status=args.status, limit=args.limit)
@@ -34,7 +37,7 @@ def _tasks(args: argparse.Namespace, client) -> int:
             print_table(None, ("task", "model", "status", "new classes", "method", "progress", "version", "created"),
                         (_row(t) for t in tasks))
         return OK
-    task = client.task(args.task_id)
+    task = client.cancel(args.task_id) if args.cancel else client.task(args.task_id)
     if args.watch and not task.finished:
         from services.cli.watch import follow
 

@@ -27,7 +27,7 @@ def follow(client: Strata, task_id: str, *, label: str, quiet: bool, poll_s: flo
     """Poll the task until it ends, with a bar of its training steps (epoch, loss, images/s); returns
     its last state. Ctrl-C (KeyboardInterrupt) reaches the caller: the task is left running."""
     bar = tqdm(desc=f"{label}: queued", total=1, unit="step", file=sys.stderr, disable=quiet or None,
-               dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+               dynamic_ncols=True, bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                               "[{elapsed}<{remaining}{postfix}]")
 
     def update(task: Task) -> None:

@@ -167,7 +167,8 @@ def test_submit_uploads_follows_training_and_ctrl_c_detaches_without_cancelling(
     assert client.task(running.id).status == "running"
     code, out, _ = strata("tasks", "--model", "cars", "--status", "running")
     assert code == 0 and running.id in out
-    client.cancel(running.id)  # frees the worker
+    code, out, _ = strata("tasks", running.id, "--cancel", "--json")  # frees the worker
+    assert code == 0 and json.loads(out)["cancel_requested"] is True
     client.close()
 
 
