@@ -55,24 +55,13 @@ def test_a_traceback_inside_a_message_is_dropped_and_its_error_kept():
 
 
 def test_a_failed_task_shows_no_worker_path_and_the_log_keeps_the_traceback(prepared, tmp_path, caplog):
-    from services.jobs.run import run_training_task  # imports torch: only this test pays for it
-
-    engine = make_engine(prepared)
-    try:
-        sessions = make_session_factory(engine)
-        store = open_store(prepared)
-        with sessions.begin() as s:
-            create_model(s, "m")
-        task_id = register((prepared, sessions, store), tmp_path, {"classes": ["cat"], "epochs": 1}, n=3).task_id
+    def lose_an_image(sessions, store, task_id: str) -> None:
         with sessions() as s:
             store.delete(s.scalars(select(DatasetItem.image_key).where(DatasetItem.task_id == task_id)).first())
-        ctx = JobContext(prepared, sessions, store, "test-worker")
-        with caplog.at_level(logging.ERROR, logger="services.jobs.run"):
-            assert run_training_task(ctx, task_id).startswith(f"task {task_id} failed")
-        with sessions() as s:
-            view = task_view(s, task_id)
-    finally:
-        engine.dispose()
+
+    with caplog.at_level(logging.ERROR, logger="services.jobs.run"):
+        outcome, view = _run_task(prepared, tmp_path, {"classes": ["cat"], "epochs": 1}, before=lose_an_image)
+    assert outcome.startswith(f"task {view.id} failed")
     assert view.status == "failed" and view.error.startswith("ObjectNotFound: no object 'models/")
     assert str(prepared.data_dir) not in view.error and str(tmp_path) not in view.error
     assert "Traceback" in caplog.text and "ObjectNotFound" in caplog.text
@@ -99,7 +88,9 @@ FIRST = {"classes": ["cat"], "epochs": 1, "architecture": "lraspp_mobilenet_v3_l
          "batch_size": 2}  # pretrained_backbone left out: its default, true
 
 
-def _run_first_task(settings, tmp_path):
+def _run_task(settings, tmp_path, spec, before=None):
+    """Register a task of a new model "m" and run it here as a worker does (``before(sessions, store,
+    task_id)`` first); returns the worker's outcome line and the task as the API shows it."""
     from services.jobs.run import run_training_task  # imports torch: only these tests pay for it
 
     engine = make_engine(settings)
@@ -108,12 +99,18 @@ def _run_first_task(settings, tmp_path):
         store = open_store(settings)
         with sessions.begin() as s:
             create_model(s, "m")
-        task_id = register((settings, sessions, store), tmp_path, FIRST, n=3).task_id
-        run_training_task(JobContext(settings, sessions, store, "test-worker"), task_id)
+        task_id = register((settings, sessions, store), tmp_path, spec, n=3).task_id
+        if before is not None:
+            before(sessions, store, task_id)
+        outcome = run_training_task(JobContext(settings, sessions, store, "test-worker"), task_id)
         with sessions() as s:
-            return task_view(s, task_id)
+            return outcome, task_view(s, task_id)
     finally:
         engine.dispose()
+
+
+def _run_first_task(settings, tmp_path):
+    return _run_task(settings, tmp_path, FIRST)[1]
 
 
 def test_missing_weights_fail_the_task_saying_what_to_change_in_the_spec(prepared, tmp_path, offline_hub):
