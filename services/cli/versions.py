@@ -89,8 +89,7 @@ def _compare(args: argparse.Namespace, client) -> int:
     if args.json:
         print_json(result)
         return OK
-    a, b = result.a, result.b
-    va, vb = (x["version"] if isinstance(x, dict) else x.version for x in (a, b))
+    va, vb = result.a.version, result.b.version
     print_table(f"model {result.model}: version {vb} against version {va}",
                 ("index", "class", f"iou {va}", f"iou {vb}", "delta"),
                 ((c.index, c.name, points(c.iou_a) if c.in_a else "(unknown)",

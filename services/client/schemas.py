@@ -84,10 +84,20 @@ class Verdict(_Answer):
     summary: str
 
 
+class VersionBrief(_Answer):
+    """A version as a comparison names it."""
+
+    version: int
+    parent: int | None = None
+    method: str
+    miou: MeanIou
+    aliases: list[str] = Field(default_factory=list)
+
+
 class Comparison(_Answer):
     model: str
-    a: Version | dict
-    b: Version | dict
+    a: VersionBrief
+    b: VersionBrief
     classes: list[ClassDelta]
     verdict: Verdict
 
