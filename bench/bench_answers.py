@@ -9,6 +9,7 @@ base64), the per-class COCO RLE (``format=rle``, serialised to JSON) and the col
 bench_segment.py for it). Prints each answer's median time and size, and its ratio to the PNG.
 
     .venv/bin/python bench/bench_answers.py               # the val split (101 images)
+    .venv/bin/python bench/bench_answers.py --json r.json
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def answers(names):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", default="val")
+    p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     classes = json.loads((CAMVID / "classes.json").read_text())
     names = {0: "background", **{int(k) + 1: v for k, v in classes.items()}}
@@ -69,9 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     base = statistics.median(times["png"])
     print(f"CamVid {args.split}: {len(samples)} masks of {samples[0][1].shape[1]}x{samples[0][1].shape[0]}, medians")
     print(f"{'answer':<10} {'ms':>7} {'KB':>7} {'vs png':>7}")
+    rows = []
     for name in encoders:
         median = statistics.median(times[name])
+        rows.append({"answer": name, "ms": round(1000 * median, 3), "kb": round(statistics.median(sizes[name]) / 1024, 1),
+                     "ratio": round(median / base, 3)})
         print(f"{name:<10} {1000 * median:>7.2f} {statistics.median(sizes[name]) / 1024:>7.1f} {median / base:>6.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"split": args.split, "images": len(samples), "rows": rows}, indent=1))
     return 0
 
 

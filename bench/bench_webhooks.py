@@ -5,11 +5,13 @@ from an event's commit to its arrival with the worker's polling (STRATA_WEBHOOK_
 
     python bench/bench_webhooks.py                         # embedded SQLite, 500 events, poll 1 s
     python bench/bench_webhooks.py --database-url postgresql+psycopg://127.0.0.1/test --events 1000
+    python bench/bench_webhooks.py --events 200 --json r.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -97,8 +99,6 @@ def through_outbox(sessions, n: int, receiver: Receiver) -> float:
 def bare(n: int, receiver: Receiver) -> float:
     """Seconds for one client to sign and POST ``n`` bodies of the same size, one after the other."""
     bodies = [events.envelope(events.TASK_QUEUED, None, {"id": f"task-{i}", "status": "queued"}) for i in range(n)]
-    import json
-
     with httpx.Client(timeout=10) as client:
         started = time.perf_counter()
         for payload in bodies:
@@ -141,6 +141,7 @@ def main() -> int:
     parser.add_argument("--poll-s", type=float, default=1.0, help="the sender's polling (STRATA_WEBHOOK_POLL_S)")
     parser.add_argument("--latency-events", type=int, default=20)
     parser.add_argument("--database-url", help="default: SQLite in a temporary data dir")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="strata-bench-webhooks-") as tmp:
         settings = load_settings(data_dir=Path(tmp), database_url=args.database_url)
@@ -163,6 +164,14 @@ def main() -> int:
     q = statistics.quantiles(waits, n=20)
     print(f"  commit to arrival, polling every {args.poll_s:g} s: p50 {statistics.median(waits) * 1000:.0f} ms, "
           f"p95 {q[18] * 1000:.0f} ms, max {max(waits) * 1000:.0f} ms over {len(waits)} events")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "database": db, "events": args.events, "bad_signatures": receiver.bad, "bare_s": round(bare_s, 3),
+            "outbox_s": round(outbox_s, 3), "ratio": round(outbox_s / bare_s, 3),
+            "bare_per_s": round(args.events / bare_s, 1), "outbox_per_s": round(args.events / outbox_s, 1),
+            "poll_s": args.poll_s, "latency_ms": {"p50": round(statistics.median(waits) * 1000, 1),
+                                                  "p95": round(q[18] * 1000, 1), "max": round(max(waits) * 1000, 1)},
+        }, indent=1))
     return 0
 
 
