@@ -8,6 +8,7 @@ a pixel labelled anything else is a false positive. Every known class is scored 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,16 +37,20 @@ def fetch_items(store: ObjectStore, items: Sequence[ItemRef], cache_dir: Path) -
             for i in items]
 
 
-def train_set(store: ObjectStore, cache_dir: Path, plan: StepPlan) -> SegmentationDataset:
+def train_set(store: ObjectStore, cache_dir: Path, plan: StepPlan, *, cache_mb: int = 0) -> SegmentationDataset:
     """The task's training images, masks mapped to the new model's channels, augmented (shorter
     side at the spec's image size times the random scale, image_size x image_size crops).
 
-    Augmentation draws from torch's global RNG, which the trainer seeds and saves in every epoch
-    checkpoint: a resumed run then sees the same crops and flips as an uninterrupted one."""
+    With ``cache_mb`` > 0 they are decoded into memory once, scaled down to the largest size the
+    augmentation draws, when they fit (``SegmentationDataset.preload``). The trainer seeds each
+    item's augmentation (services.learning.sampling): a resumed run sees the same crops and flips."""
     pairs = fetch_items(store, plan.train_items, cache_dir)
     lut = _lut(plan.spec, plan.class_map)
-    return SegmentationDataset(_source(plan.task_id, "train", pairs, plan.class_map), None, lut,
-                               TrainTransform(plan.spec.image_size))
+    transform = TrainTransform(plan.spec.image_size)
+    dataset = SegmentationDataset(_source(plan.task_id, "train", pairs, plan.class_map), None, lut, transform)
+    if cache_mb > 0:
+        dataset.preload(math.ceil(transform.size * transform.scale[1]), cache_mb * 2**20)
+    return dataset
 
 
 def scoring_sets(store: ObjectStore, cache_dir: Path, plan: StepPlan) -> list[tuple[ScoringTask, EvalSet]]:

@@ -58,7 +58,8 @@ class TrainConfig:
     batchnorm: str = DEFAULT_BATCHNORM  # one of BATCHNORM_POLICIES
     class_balance: float = DEFAULT_CLASS_BALANCE  # power of the median-frequency class weights, 0..1
     channels_last: bool = True  # CUDA only
-    num_workers: int = 0
+    num_workers: int = 0  # loader processes decoding and augmenting ahead of the step (0: in the training process)
+    persistent_workers: bool = True  # keep them from epoch to epoch (with num_workers > 0)
     log_every: int = 10  # steps between on_progress calls (the last step of an epoch always reports)
 
     def __post_init__(self) -> None:

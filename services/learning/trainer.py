@@ -42,6 +42,7 @@ from services.learning.checkpoint import (
 )
 from services.learning.config import RESUME_FIELDS, TrainConfig
 from services.learning.methods import Method
+from services.learning.sampling import EpochSampler, SeededItems
 from services.learning.zoo import SegModel, SegOutput
 
 __all__ = [
@@ -125,17 +126,18 @@ def train(
 
     run_facts = {"arch": model.arch, "num_classes": model.num_classes, "class_map": class_map,
                  "method": method.name, "num_images": n_images, "steps_per_epoch": steps}
+    loader = _loader(dataset, batch_size, config, device)
     if config.class_balance > 0:
-        _seed_everything(config.seed)  # the pass draws augmentations: seeded, like the calibration
-        masks = (labels for _, labels in _loader(dataset, batch_size, config, config.epochs + 2, device))
+        loader.sampler.set_epoch(config.epochs + 2)
+        masks = (labels for _, labels in loader)
         weights = balance.class_weights(balance.pixel_frequencies(masks, model.num_classes), config.class_balance)
         log.info("class weights %s", [round(w, 2) for w in weights.tolist()])
         method.set_class_weights(weights.to(device))
     if teacher is not None and method.needs_calibration:
-        # Seeded, before the RNG is seeded (or restored) for training: a resumed run computes the
-        # same calibration and then continues with the same random draws.
+        # Its own pass of the loader (seeded by it), before the RNG is seeded (or restored) for
+        # training: a resumed run computes the same calibration.
         _seed_everything(config.seed)
-        loader = _loader(dataset, batch_size, config, config.epochs + 1, device)
+        loader.sampler.set_epoch(config.epochs + 1)
         batches = ((images, labels.to(device)) for images, labels in _images(loader, device, memory_format))
         method.calibrate(teacher, batches)
     start_epoch = _resume(checkpoint_dir, run_facts, config, model, optimizer, scheduler, scaler)
@@ -144,7 +146,7 @@ def train(
     freeze_bn = config.batchnorm == "frozen" and method.num_old_classes > 0
 
     for epoch in range(start_epoch, config.epochs):
-        loader = _loader(dataset, batch_size, config, epoch, device)
+        loader.sampler.set_epoch(epoch)
         _train_mode(model, method, freeze_bn)
         reports = _Reporter(on_progress, epoch, config, steps, batch_size)
         for step, (images, labels) in enumerate(loader):
@@ -174,7 +176,7 @@ def train(
     if config.batchnorm != "update" and not freeze_bn:
         # Precise BN: the statistics of the trained weights (see services.learning.batchnorm).
         _train_mode(model, method, freeze_bn)
-        loader = _loader(dataset, batch_size, config, config.epochs, device)
+        loader.sampler.set_epoch(config.epochs)
         batchnorm.recalibrate(model, (images for images, _ in _images(loader, device, memory_format)), device=device)
     model.eval()
     return model
@@ -321,12 +323,18 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _loader(dataset: Dataset, batch_size: int, config: TrainConfig, epoch: int, device: torch.device) -> DataLoader:
-    """A loader whose shuffling (and worker seeds) depend only on (seed, epoch): resumable."""
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+def _loader(dataset: Dataset, batch_size: int, config: TrainConfig, device: torch.device) -> DataLoader:
+    """The run's one loader: each pass (``loader.sampler.set_epoch``) is shuffled and augmented by
+    draws of (seed, pass) alone (services.learning.sampling), whatever the number of workers.
+
+    Workers decode and augment the next batches while the model trains on this one; they persist
+    from pass to pass (no fork and refill at each epoch) unless ``config.persistent_workers`` is off.
+    Batches are pinned for an asynchronous copy when training on CUDA."""
+    sampler = EpochSampler(len(dataset), batch_size, config.seed)  # type: ignore[arg-type]
+    workers = config.num_workers
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator,
-        num_workers=config.num_workers, pin_memory=device.type == "cuda",
+        SeededItems(dataset), batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0 and config.persistent_workers,
     )
 
 
