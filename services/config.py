@@ -110,6 +110,14 @@ class Settings(BaseSettings):
         "A directory of ImageNet backbone weight files under torchvision's own names (e.g. "
         "mobilenet_v3_large-8738ca79.pth, resnet101-63fe2227.pth), looked in first when a model's first task "
         "asks for a pretrained backbone: what air-gapped workers use instead of a download."))
+    train_loader_workers: int | None = Field(None, ge=0, le=64, description=(
+        "Loader processes per training process, decoding and augmenting the next batches while the model "
+        "trains on this one (0: in the training process). Default: from the cores each training process "
+        "has (services/jobs/run.py says how)."))
+    train_cache_mb: int = Field(2048, ge=0, description=(
+        "Memory a training process may hold its task's decoded training images in (downscaled to the "
+        "largest size training draws), so that later epochs skip decoding; a task that needs more is "
+        "decoded every epoch. 0 turns the cache off."))
 
     # --- webhooks (sent by every worker: services/webhooks) ------------------------------
     webhook_poll_s: float = Field(1.0, gt=0, le=3600, description=(

@@ -172,6 +172,9 @@ def server_settings(data_dir: Path, postgres_url: str, redis_url: str, s3_endpoi
         s3_secret_key="testing",
         s3_bucket=f"strata-{uuid.uuid4().hex[:10]}",
         training_queue=f"training-{uuid.uuid4().hex[:8]}",
+        # A worker on real servers trains with a loader process, started from its (daemonic) pool
+        # child; the embedded flavour keeps the default.
+        train_loader_workers=1,
     )
 
 

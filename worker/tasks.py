@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 
 from billiard.process import current_process
@@ -28,6 +29,10 @@ def _fresh_resources_after_fork(**_: object) -> None:
     its own GPU (set before anything in it initialises CUDA) and its share of the CPU threads."""
     global _sessions
     _sessions = None
+    # Pool children are daemonic, and a daemonic process may not start processes of its own: the
+    # training loader's workers (STRATA_TRAIN_LOADER_WORKERS) must be its children. They exit when
+    # it dies: torch's loader workers watch their parent.
+    multiprocessing.current_process().daemon = False
     settings = get_settings()
     device = device_for_child(getattr(current_process(), "index", 0), settings.worker_concurrency,
                               os.environ.get("CUDA_VISIBLE_DEVICES"))

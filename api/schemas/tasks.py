@@ -61,6 +61,21 @@ class ImportReportPublic(BaseModel):
     issues: list[ImportIssue]
 
 
+class TimingsPublic(BaseModel):
+    """Where a task's time went, in seconds; a phase not reached (or not measured, for tasks
+    recorded before timings existed) is null. Phases are the last attempt's."""
+
+    ingest_s: float | None = Field(None, description="Reading, checking and storing the upload (after its receipt).")
+    queued_s: float | None = Field(None, description="From the task's record to a worker's first start.")
+    fetch_s: float | None = Field(None, description="Images, masks and the parent checkpoint to the worker, decoded.")
+    train_s: float | None = Field(None, description="Training, calibration and BatchNorm statistics included.")
+    score_s: float | None = Field(None, description="Scoring every known class on the validation images.")
+    upload_s: float | None = Field(None, description="The new checkpoint to the object store.")
+    record_s: float | None = Field(None, description="Recording the version, its metrics and aliases.")
+    total_s: float | None = Field(None, description="Ingest plus the time from record to finish.")
+    attempt: int | None = Field(None, description="The attempt the phases are from.")
+
+
 class TaskPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -83,6 +98,7 @@ class TaskPublic(BaseModel):
     items: ItemCounts
     import_report: ImportReportPublic | None = Field(
         None, description="What reading the upload found (tasks registered before reports existed: null).")
+    timings: TimingsPublic | None = Field(None, description="Where the task's time went.")
 
 
 def upload_openapi() -> dict[str, Any]:

@@ -43,7 +43,9 @@ class Task(_Answer):
     model_version: int | None = None
     parent_version: int | None = None
     created_at: datetime
+    started_at: datetime | None = None
     finished_at: datetime | None = None
+    timings: dict[str, float | None] | None = None  # where the time went, in seconds (ingest_s, queued_s, ...)
 
     @property
     def finished(self) -> bool:

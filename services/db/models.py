@@ -156,6 +156,9 @@ class Task(Base):
     # What reading the upload found: its format, images per class, and issues such as images
     # without a new class or labels the spec does not name (services/data/formats/base.py).
     import_report: Mapped[dict[str, Any] | None]
+    # Where the time went: ingest_s (the upload's reading and storing), then the last attempt's
+    # phases in seconds (services/jobs/timings.py).
+    timings: Mapped[dict[str, Any] | None]
 
     items: Mapped[list[DatasetItem]] = relationship(
         back_populates="task", cascade="all, delete-orphan", passive_deletes=True, order_by="DatasetItem.id"

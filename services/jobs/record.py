@@ -18,6 +18,7 @@ from services.jobs import lifecycle
 from services.jobs.context import JobContext
 from services.jobs.errors import TaskFinished
 from services.jobs.plan import StepPlan
+from services.jobs.timings import Stopwatch, with_phases
 from services.learning.checkpoint import save_model
 from services.learning.classmap import channel_names
 from services.learning.config import RESUME_FIELDS
@@ -31,9 +32,12 @@ from services.storage.keys import checkpoint_key
 RECORDED_SPEC_FIELDS = ("epochs", "batch_size", "image_size", "val_fraction")
 
 
-def record_step(ctx: JobContext, plan: StepPlan, model: SegModel, scores: Mapping[int, ClassScore], method: str) -> int:
+def record_step(ctx: JobContext, plan: StepPlan, model: SegModel, scores: Mapping[int, ClassScore], method: str,
+                watch: Stopwatch | None = None) -> int:
     """Upload the model and record its version; returns the version number (another attempt's, when
-    that one recorded this task's version first)."""
+    that one recorded this task's version first). ``watch``: the attempt's phases so far, written on
+    the task row with the upload's and the recording's own."""
+    watch = watch or Stopwatch()
     with session_scope(ctx.sessions) as session:
         version = next_version_number(session, plan.model_id)
     local = training_dir(ctx.settings.cache_dir, plan.task_id) / "model.pt"
@@ -41,10 +45,12 @@ def record_step(ctx: JobContext, plan: StepPlan, model: SegModel, scores: Mappin
             "class_indices": sorted(plan.class_map)}
     digest = save_model(local, model, channel_names(plan.class_map), meta)
     key = checkpoint_key(plan.model_id, version, digest)
-    info = ctx.store.put_file(key, local)
+    with watch.phase("upload"):
+        info = ctx.store.put_file(key, local)
     try:
         with session_scope(ctx.sessions) as session:
-            return _record(session, ctx, plan, version, key, digest, info.size, scores, method)
+            with watch.phase("record"):
+                return _record(session, ctx, plan, version, key, digest, info.size, scores, method, watch)
     except Exception as err:
         # Nothing references our upload unless it is the recorded version's own: remove it.
         with session_scope(ctx.sessions) as session:
@@ -66,7 +72,7 @@ def _recorded_hyperparameters(plan: StepPlan) -> dict[str, Any]:
 
 
 def _record(session: Session, ctx: JobContext, plan: StepPlan, version: int, key: str, digest: str, size: int,
-            scores: Mapping[int, ClassScore], method: str) -> int:
+            scores: Mapping[int, ClassScore], method: str, watch: Stopwatch) -> int:
     task = lifecycle.get_task(session, plan.task_id, for_update=True)
     if task.status != TaskStatus.RUNNING:
         # Failed or cancelled meanwhile (by another attempt, or a cancel): its classes and indices
@@ -87,4 +93,5 @@ def _record(session: Session, ctx: JobContext, plan: StepPlan, version: int, key
         audit.alias_moved(session, None, session.get(Model, plan.model_id), PRODUCTION, production, row.version,
                           automatic=True, task=plan.task_id)
     lifecycle.succeed(task)
+    task.timings = with_phases(task.timings, watch, task.attempts)
     return row.version

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from services.db.session import session_scope
 from services.jobs import lifecycle, staging
 from services.jobs.errors import IdempotencyMismatch, RegistrationConflict
 from services.jobs.spec import ResolvedSpec, TaskDefaults, TaskSpec, parse_spec
+from services.jobs.timings import INGEST
 from services.labels import BACKGROUND_INDEX, BACKGROUND_NAME, MAX_CLASS_INDEX
 from services.learning.names import BATCH_OF_TWO, DEFAULT_METHOD
 from services.registry.aliases import production_version
@@ -113,6 +115,7 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id:
     ``actor`` (None: the service). Raises UploadRejected naming what is wrong (file, field),
     ModelNotFound, or RegistrationConflict when the model's state forbids it. ``defaults``: what a
     model's first task gets for the fields its spec leaves out (the service's settings)."""
+    began = time.perf_counter()
     if idempotency_key is not None:
         with session_scope(sessions) as session:
             earlier = replay(session, model_by_id(session, model_id), idempotency_key, received.sha256)
@@ -136,8 +139,9 @@ def register_task(sessions: sessionmaker[Session], store: ObjectStore, model_id:
     try:
         stored = _store_all(store, items, keys)
         with session_scope(sessions) as session:
-            _record(session, model_id, task_id, spec, stored, dataset, idempotency_key, received.sha256, actor,
-                    defaults)
+            task = _record(session, model_id, task_id, spec, stored, dataset, idempotency_key, received.sha256,
+                           actor, defaults)
+            task.timings = {INGEST: round(time.perf_counter() - began, 3)}
             if not staging.unstage(session, prefix):  # swept as debris meanwhile: its objects may be gone
                 raise RegistrationConflict("the upload took too long to be recorded and was cleaned up; "
                                            "send it again")

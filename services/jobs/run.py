@@ -12,6 +12,8 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
+
 from services.db.session import session_scope
 from services.jobs import lifecycle
 from services.jobs.claim import Claim, claim
@@ -23,6 +25,7 @@ from services.jobs.heartbeats import Heartbeat, record_heartbeat
 from services.jobs.plan import StepPlan, build_plan
 from services.jobs.progress import CancelCheck, ProgressWriter
 from services.jobs.record import record_step
+from services.jobs.timings import Stopwatch
 from services.learning.checkpoint import load_model
 from services.learning.classmap import channel_names
 from services.learning.step import StepHooks, run_step
@@ -34,6 +37,7 @@ from services.storage.keys import training_state_key
 log = logging.getLogger(__name__)
 # Progress reports sync the GPU; the progress writer throttles further.
 WORKER_TRAIN_SETTINGS = {"log_every": 5}
+MAX_LOADER_WORKERS = 8  # enough to keep a GPU fed at the papers' crop (bench/gpu.sh measures it)
 
 
 def run_training_task(ctx: JobContext, task_id: str) -> str:
@@ -66,19 +70,37 @@ def run_training_task(ctx: JobContext, task_id: str) -> str:
 
 
 def _train_and_record(ctx: JobContext, plan: StepPlan) -> int:
-    config = plan.spec.step_config(first=plan.parent is None, step_index=plan.step_index, train=WORKER_TRAIN_SETTINGS,
+    train = {**WORKER_TRAIN_SETTINGS, "num_workers": loader_workers(ctx.settings.train_loader_workers)}
+    config = plan.spec.step_config(first=plan.parent is None, step_index=plan.step_index, train=train,
                                    weights_dir=ctx.settings.backbone_weights_dir)
     cache = ctx.settings.cache_dir
-    scoring = scoring_sets(ctx.store, cache, plan)  # fetched before the hours of training: fail early
+    watch = Stopwatch()
+    with watch.phase("fetch"):
+        scoring = scoring_sets(ctx.store, cache, plan)  # fetched before the hours of training: fail early
+        training = train_set(ctx.store, cache, plan, cache_mb=ctx.settings.train_cache_mb)
+        parent = _parent_model(ctx, plan)
     hooks = StepHooks(
         checkpoint_dir=_restore_state(ctx, plan.model_id, plan.task_id),
         on_progress=ProgressWriter(ctx.sessions, plan.task_id), should_cancel=CancelCheck(ctx.sessions, plan.task_id),
         on_checkpoint=lambda path: ctx.store.put_file(training_state_key(plan.model_id, plan.task_id), path),
     )
-    result = run_step(config, _parent_model(ctx, plan), channel_names(plan.class_map),
-                      train_set(ctx.store, cache, plan), [s for _, s in scoring], hooks)
+    result = run_step(config, parent, channel_names(plan.class_map), training, [s for _, s in scoring], hooks)
+    for name, seconds in result.seconds.items():
+        watch.add(name, seconds)
     scores = class_scores(plan, [task for task, _ in scoring], result.scores)
-    return record_step(ctx, plan, result.model.cpu(), scores, result.method)
+    return record_step(ctx, plan, result.model.cpu(), scores, result.method, watch)
+
+
+def loader_workers(setting: int | None, threads: int | None = None) -> int:
+    """Loader processes for a training process: the setting (STRATA_TRAIN_LOADER_WORKERS) when
+    given, else half the CPU threads this process trains with (``threads``, default torch's count,
+    which the worker sets per pool child), at most MAX_LOADER_WORKERS. On the CPU the step and the
+    loader share the cores; bench/bench_time_to_version.py measured the choice (docs/results.md)."""
+    if setting is not None:
+        return setting
+    if threads is None:
+        threads = torch.get_num_threads()
+    return min(MAX_LOADER_WORKERS, threads // 2)
 
 
 def _parent_model(ctx: JobContext, plan: StepPlan) -> SegModel | None:

@@ -17,6 +17,7 @@ from services.jobs.failures import public_error
 from services.jobs.history import history_points
 from services.jobs.lifecycle import get_task
 from services.jobs.spec import ResolvedSpec
+from services.jobs.timings import timings_view
 
 DEFAULT_LIMIT = 100
 
@@ -57,6 +58,7 @@ class TaskView:
     finished_at: datetime | None
     items: dict[str, int]  # {"train": n, "val": m}
     import_report: dict[str, Any] | None = None  # what reading the upload found (formats/base.ImportReport)
+    timings: dict[str, Any] | None = None  # where the time went, in seconds (jobs/timings.timings_view)
 
 
 def task_view(session: Session, task_id: str) -> TaskView:
@@ -105,6 +107,7 @@ def view_of(task: Task, counts: Mapping[str, int] | None, model_name: str) -> Ta
         cancel_requested=task.cancel_requested, attempts=task.attempts, created_at=task.created_at, started_at=task.started_at,
         finished_at=task.finished_at, items={s.value: 0 for s in Split} | dict(counts or {}),
         import_report=task.import_report,
+        timings=timings_view(task.timings, task.created_at, task.started_at, task.finished_at),
     )
 
 

@@ -9,7 +9,8 @@ their own lookup tables and transforms) and decides what the scores mean.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,6 +52,7 @@ class StepResult:
     model: SegModel  # trained, in eval mode, on the training device
     method: str  # the method it trained with: BASE_METHOD for a new network
     scores: list[EvalResult]  # one per evaluation set, in order
+    seconds: dict[str, float] = field(default_factory=dict)  # "train" and "score": wall time of each
 
 
 def run_step(
@@ -67,14 +69,17 @@ def run_step(
     class_map: the name of every output channel of the new model, old channels first.
     train_set: (image float [3, H, W], mask long [H, W] of channels, 255 = ignore) pairs.
     """
+    began = time.perf_counter()
     model, teacher, method = prepare_step(config, previous, len(class_map))
     trained = train(
         model, method, train_set, config.train, teacher=teacher, class_map=class_map,
         checkpoint_dir=hooks.checkpoint_dir, on_progress=hooks.on_progress,
         should_cancel=hooks.should_cancel, on_checkpoint=hooks.on_checkpoint,
     )
+    trained_at = time.perf_counter()
     scores = score_model(trained, eval_sets, config, progress=hooks.progress_bars)
-    return StepResult(trained, method.name, scores)
+    seconds = {"train": trained_at - began, "score": time.perf_counter() - trained_at}
+    return StepResult(trained, method.name, scores, seconds)
 
 
 def prepare_step(config: StepConfig, previous: SegModel | None,

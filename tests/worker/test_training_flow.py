@@ -120,6 +120,11 @@ def test_two_steps_promotion_rollback_and_cancel(client, worker_process, admin_h
     assert done["model_version"] == 1 and done["progress"]["epoch"] == 3
     xs = [x for x, _ in done["progress"]["history"]]  # the loss curve stays with the finished task
     assert xs and xs == sorted(set(xs)) and xs[-1] == 3
+    timings = done["timings"]  # where the time went, phase by phase
+    assert timings["attempt"] == 1 and timings["ingest_s"] > 0 and timings["queued_s"] >= 0
+    phases = ("fetch_s", "train_s", "score_s", "upload_s", "record_s")
+    assert all(timings[p] >= 0 for p in phases) and timings["train_s"] > timings["upload_s"]
+    assert timings["total_s"] >= sum(timings[p] for p in phases)
 
     v1 = client.get("/models/shapes/versions/1", headers=h).json()
     assert v1["model"] == "shapes" and v1["parent"] is None and v1["task_id"] == first["id"]
