@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     worker_threads: int | None = Field(None, ge=1, le=1024, description=(
         "CPU threads of each training process (OMP_NUM_THREADS); default: the cores shared among the "
         "worker's processes. Set it when several workers share one host's CPUs."))
+    gpus_per_task: int = Field(1, ge=1, le=64, description=(
+        "GPUs (processes) one training task runs on, with DistributedDataParallel; a worker then needs "
+        "worker_concurrency x gpus_per_task GPUs. On a CPU-only host, that many processes share the cores "
+        "(gloo). The task's batch_size must be a multiple of it."))
     backbone_weights_dir: Path | None = Field(None, description=(
         "A directory of ImageNet backbone weight files under torchvision's own names (e.g. "
         "mobilenet_v3_large-8738ca79.pth, resnet101-63fe2227.pth), looked in first when a model's first task "

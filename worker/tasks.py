@@ -35,7 +35,7 @@ def _fresh_resources_after_fork(**_: object) -> None:
     multiprocessing.current_process().daemon = False
     settings = get_settings()
     device = device_for_child(getattr(current_process(), "index", 0), settings.worker_concurrency,
-                              os.environ.get("CUDA_VISIBLE_DEVICES"))
+                              os.environ.get("CUDA_VISIBLE_DEVICES"), settings.gpus_per_task)
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     threads = threads_for_child(settings.worker_threads, settings.worker_concurrency, os.cpu_count(),

@@ -84,7 +84,8 @@ def _train_and_record(ctx: JobContext, plan: StepPlan) -> int:
         on_progress=ProgressWriter(ctx.sessions, plan.task_id), should_cancel=CancelCheck(ctx.sessions, plan.task_id),
         on_checkpoint=lambda path: ctx.store.put_file(training_state_key(plan.model_id, plan.task_id), path),
     )
-    result = run_step(config, parent, channel_names(plan.class_map), training, [s for _, s in scoring], hooks)
+    result = run_step(config, parent, channel_names(plan.class_map), training, [s for _, s in scoring], hooks,
+                      processes=ctx.settings.gpus_per_task)
     for name, seconds in result.seconds.items():
         watch.add(name, seconds)
     scores = class_scores(plan, [task for task, _ in scoring], result.scores)

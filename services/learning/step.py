@@ -8,8 +8,8 @@ their own lookup tables and transforms) and decides what the scores mean.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +18,11 @@ from torch.utils.data import Dataset
 
 from services.evaluation.evaluate import EVAL_BATCH_SIZE, EvalResult, evaluate
 from services.learning.config import StepConfig
+from services.learning.distributed import train_distributed
 from services.learning.growth import grow_classifier
 from services.learning.methods import Method, build_method
 from services.learning.names import BASE_METHOD
-from services.learning.trainer import Progress, resolve_device, train
+from services.learning.trainer import Progress, resolve_device
 from services.learning.zoo import SegModel, build_model
 
 
@@ -62,17 +63,21 @@ def run_step(
     train_set: Dataset,
     eval_sets: Sequence[EvalSet] = (),
     hooks: StepHooks = StepHooks(),
+    *,
+    processes: int = 1,
 ) -> StepResult:
     """Train the step's model and score it.
 
     previous: the parent model (frozen, it is the teacher), None for a new network.
     class_map: the name of every output channel of the new model, old channels first.
     train_set: (image float [3, H, W], mask long [H, W] of channels, 255 = ignore) pairs.
+    processes: how many processes (GPUs) train it together (services.learning.distributed); this
+        one is rank 0 and keeps the hooks.
     """
     began = time.perf_counter()
     model, teacher, method = prepare_step(config, previous, len(class_map))
-    trained = train(
-        model, method, train_set, config.train, teacher=teacher, class_map=class_map,
+    trained = train_distributed(
+        processes, model, method, train_set, config.train, teacher=teacher, class_map=class_map,
         checkpoint_dir=hooks.checkpoint_dir, on_progress=hooks.on_progress,
         should_cancel=hooks.should_cancel, on_checkpoint=hooks.on_checkpoint,
     )

@@ -41,6 +41,7 @@ from services.learning.checkpoint import (
     save_training_state,
 )
 from services.learning.config import RESUME_FIELDS, TrainConfig
+from services.learning.distributed import Group
 from services.learning.methods import Method
 from services.learning.sampling import EpochSampler, SeededItems
 from services.learning.zoo import SegModel, SegOutput
@@ -89,6 +90,7 @@ def train(
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    dist: Group | None = None,
 ) -> SegModel:
     """Train ``model`` in place with ``method`` on ``dataset`` and return it (on the device, eval mode).
 
@@ -99,6 +101,9 @@ def train(
     checkpoint_dir: where ``last.pt`` is written after every epoch; when it already holds one,
         training resumes from it (same config and data required) to the same result.
     on_checkpoint: called with the path of each epoch checkpoint once it is written.
+    dist: this process's rank when the run is spread over several (``distributed.train_distributed``
+        starts them): it trains on its share of each batch under DDP; rank 0 alone checkpoints and
+        recalibrates BatchNorm.
     """
     class_map = check_class_map(class_map, model.num_classes)
     n_images = len(dataset)  # type: ignore[arg-type]
@@ -108,7 +113,8 @@ def train(
     if batch_size < config.batch_size:
         log.warning("only %d training images: batch size %d lowered to %d", n_images, config.batch_size, batch_size)
     steps = n_images // batch_size  # the last incomplete batch is dropped (BatchNorm needs > 1 sample)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if dist is None else dist.device(resolve_device(config.device))
+    rank_batch = batch_size if dist is None else dist.per_rank_batch(batch_size)
     amp_dtype = autocast_dtype(device, config.amp)
     memory_format = torch.channels_last if device.type == "cuda" and config.channels_last else torch.preserve_format
 
@@ -140,17 +146,25 @@ def train(
         loader.sampler.set_epoch(config.epochs + 1)
         batches = ((images, labels.to(device)) for images, labels in _images(loader, device, memory_format))
         method.calibrate(teacher, batches)
-    start_epoch = _resume(checkpoint_dir, run_facts, config, model, optimizer, scheduler, scaler)
+    start_epoch = _resume(checkpoint_dir, run_facts, config, model, optimizer, scheduler, scaler, dist)
     if start_epoch == 0:
-        _seed_everything(config.seed)
+        _seed_everything(config.seed if dist is None else dist.seed(config.seed))
+    # With several ranks, each trains on its share of every global batch, through DDP.
+    shards = loader if dist is None else _loader(dataset, rank_batch, config, device, rank=dist.rank,
+                                                 world_size=dist.world_size)
+    net = model if dist is None else dist.wrap(model, device)
     freeze_bn = config.batchnorm == "frozen" and method.num_old_classes > 0
 
     for epoch in range(start_epoch, config.epochs):
-        loader.sampler.set_epoch(epoch)
+        shards.sampler.set_epoch(epoch)
         _train_mode(model, method, freeze_bn)
         reports = _Reporter(on_progress, epoch, config, steps, batch_size)
-        for step, (images, labels) in enumerate(loader):
-            if should_cancel is not None and should_cancel():
+        for step, (images, labels) in enumerate(shards):
+            if dist is None:
+                stop = should_cancel is not None and should_cancel()
+            else:  # rank 0's answer, shared every log_every steps, so that all ranks stop at one step
+                stop = step % config.log_every == 0 and dist.any(should_cancel is not None and should_cancel(), device)
+            if stop:
                 saved = f"; {epoch} completed epoch(s) are checkpointed" if checkpoint_dir else ""
                 raise TrainingCancelled(
                     f"training cancelled before epoch {epoch + 1}/{config.epochs}, step {step + 1}/{steps}{saved}"
@@ -159,20 +173,25 @@ def train(
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             labels = labels.to(device, non_blocking=True)
             lr = optimizer.param_groups[0]["lr"]
-            terms = train_step(model, method, teacher, images, labels, optimizer, scheduler, scaler, amp_dtype)
+            terms = train_step(net, method, teacher, images, labels, optimizer, scheduler, scaler, amp_dtype)
             reports.after_step(step, terms, lr)
         # Checked once an epoch (a device sync), before the epoch is checkpointed: a resumed run
         # must not start from diverged weights. (An fp16 GradScaler skips non-finite steps itself.)
         _check_finite(terms, epoch, config)
-        if checkpoint_dir is not None:
+        ranks_rng = dist.gather_rng() if dist is not None and checkpoint_dir is not None else None
+        if checkpoint_dir is not None and (dist is None or dist.is_main):
             state = {**run_facts, "epoch": epoch + 1, "config": dataclasses.asdict(config),
                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "rng": capture_rng_state()}
+                     "rng": capture_rng_state(), **({"rng_ranks": ranks_rng} if ranks_rng else {})}
             saved = save_training_state(checkpoint_dir, state)
             if on_checkpoint is not None:
                 on_checkpoint(saved)  # e.g. copy it off the machine, so any worker can resume
         log.info("epoch %d/%d done", epoch + 1, config.epochs)
+    if dist is not None:
+        dist.unwrap(model)
+        if not dist.is_main:
+            return model.eval()  # rank 0's model is the result
     if config.batchnorm != "update" and not freeze_bn:
         # Precise BN: the statistics of the trained weights (see services.learning.batchnorm).
         _train_mode(model, method, freeze_bn)
@@ -213,7 +232,7 @@ def train_step(
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
-    method.after_step(model)
+    method.after_step(getattr(model, "module", model))  # the model itself, also under DDP
     return {k: v.detach() for k, v in terms.items()}
 
 
@@ -269,6 +288,7 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
+    dist: Group | None = None,
 ) -> int:
     """Load ``last.pt`` when there is one; returns the number of epochs already done."""
     state = load_training_state(checkpoint_dir) if checkpoint_dir is not None else None
@@ -287,7 +307,7 @@ def _resume(
     scheduler.load_state_dict(state["scheduler"])
     if scaler.is_enabled() and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
+    restore_rng_state(state["rng"] if dist is None else dist.rng_from(state))
     log.info("resuming from %s after epoch %d/%d", where, state["epoch"], config.epochs)
     return int(state["epoch"])
 
@@ -323,14 +343,16 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _loader(dataset: Dataset, batch_size: int, config: TrainConfig, device: torch.device) -> DataLoader:
+def _loader(dataset: Dataset, batch_size: int, config: TrainConfig, device: torch.device, *,
+            rank: int = 0, world_size: int = 1) -> DataLoader:
     """The run's one loader: each pass (``loader.sampler.set_epoch``) is shuffled and augmented by
     draws of (seed, pass) alone (services.learning.sampling), whatever the number of workers.
 
     Workers decode and augment the next batches while the model trains on this one; they persist
     from pass to pass (no fork and refill at each epoch) unless ``config.persistent_workers`` is off.
     Batches are pinned for an asynchronous copy when training on CUDA."""
-    sampler = EpochSampler(len(dataset), batch_size, config.seed)  # type: ignore[arg-type]
+    sampler = EpochSampler(len(dataset), batch_size, config.seed,  # type: ignore[arg-type]
+                           rank=rank, world_size=world_size)  # a rank's share (services.learning.distributed)
     workers = config.num_workers
     return DataLoader(
         SeededItems(dataset), batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=workers,
