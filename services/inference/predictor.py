@@ -100,8 +100,14 @@ class Predictor:
     @classmethod
     def load(cls, spec: VersionSpec, store: ObjectStore, cache_dir: Path, device: str = "auto") -> "Predictor":
         """Download (or reuse) the checkpoint, load it with its sha256 checked, warm it up."""
+        return cls.from_file(spec, fetch_version(spec, store, cache_dir), device)
+
+    @classmethod
+    def from_file(cls, spec: VersionSpec, path: Path, device: str = "auto") -> "Predictor":
+        """Load a fetched checkpoint (sha256 checked again) and warm it up: the torch part of ``load``,
+        which the service runs on its torch thread (services/inference/compute.py)."""
         started = time.perf_counter()
-        predictor = cls(spec, load_version_model(spec, store, cache_dir), resolve_device(device))
+        predictor = cls(spec, read_version_model(spec, path), resolve_device(device))
         predictor.warm_up()
         log.info("loaded model %r version %s (%s, %s classes, image size %s) on %s in %.2f s", spec.model_name,
                  spec.version,
@@ -138,11 +144,25 @@ class Predictor:
 def load_version_model(spec: VersionSpec, store: ObjectStore, cache_dir: Path) -> SegModel:
     """The version's network on the CPU, in eval mode: its checkpoint downloaded (or the local copy
     reused) and loaded with its sha256 checked, and checked against the registry's description."""
+    return read_version_model(spec, fetch_version(spec, store, cache_dir))
+
+
+def fetch_version(spec: VersionSpec, store: ObjectStore, cache_dir: Path) -> Path:
+    """The version's checkpoint file, downloaded (or the local copy reused) with its sha256 checked."""
     path = checkpoint_path(cache_dir, spec.model_id, spec.version)
     try:
         fetch(store, spec.checkpoint_key, spec.checkpoint_sha256, path)
+    except Exception as err:  # missing object, checksum mismatch
+        raise ModelLoadError(f"model version {spec.version} cannot be loaded: {err}") from err
+    return path
+
+
+def read_version_model(spec: VersionSpec, path: Path) -> SegModel:
+    """The network of a fetched checkpoint, loaded with its sha256 checked and checked against the
+    registry's description."""
+    try:
         loaded = load_model(path, expected_sha256=spec.checkpoint_sha256)
-    except Exception as err:  # missing object, corrupt file, checksum mismatch, unreadable checkpoint
+    except Exception as err:  # corrupt file, checksum mismatch, unreadable checkpoint
         raise ModelLoadError(f"model version {spec.version} cannot be loaded: {err}") from err
     _check_matches_registry(spec, loaded.model, loaded.class_map)
     return loaded.model

@@ -12,9 +12,11 @@ version arrived.
 
 Each model's production pointer follows its ``production`` alias. A watcher task reads every
 model's alias every ``poll_interval_s`` (and at once after ``refresh()``, which the alias route
-calls); when one moved, the new version is loaded and warmed in a loader thread while requests keep
-being served by the old one, and only then is that model's pointer swapped, in one assignment
-under a lock. Every request takes its model's pointer once, so it is answered entirely by one
+calls); when one moved, the new version is downloaded in a loader thread, then loaded and warmed on
+the process's torch thread (services/inference/compute.py: every forward runs there, on one OpenMP
+team) while requests keep being served by the old one (its batches wait only while the new version
+is being loaded and warmed, not while it downloads), and only then is that model's pointer swapped,
+in one assignment under a lock. Every request takes its model's pointer once, so it is answered entirely by one
 version: the old or the new. Models are independent: one model's swap or broken checkpoint never
 touches another's answers.
 
@@ -33,6 +35,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -44,8 +47,9 @@ from services.config import Settings
 from services.db.models import Model, ModelVersion
 from services.errors import dependency_of
 from services.inference.batcher import DynamicBatcher
+from services.inference.compute import torch_thread
 from services.inference.errors import ModelLoadError, ModelUnavailable, NoModelYet, NoProductionVersion
-from services.inference.predictor import Predictor, VersionSpec
+from services.inference.predictor import Predictor, VersionSpec, fetch_version
 from services.registry.aliases import PRODUCTION, production_versions
 from services.registry.models import model_by_id
 from services.registry.versions import get_version, parse_version_number, resolve_version
@@ -367,10 +371,12 @@ class InferenceService:
                 del self._loading[key]
 
     def _load_now(self, spec: VersionSpec) -> Served:
-        """In a loader thread: download, load, warm up; then insert into the cache."""
+        """In a loader thread: download; load and warm up on the torch thread; then insert into the cache."""
         key = spec.key
         try:
-            predictor = Predictor.load(spec, self._store, self.settings.cache_dir, self.settings.inference_device)
+            # The download here; loading and the warm-up on the torch thread, where its forwards run.
+            path = fetch_version(spec, self._store, self.settings.cache_dir)
+            predictor = torch_thread().call(Predictor.from_file, spec, path, self.settings.inference_device)
         except Exception as err:
             message = str(err) if isinstance(err, ModelLoadError) else f"model version {spec.version}: {err}"
             log.error("cannot load model %r %s", spec.model_name, message)
@@ -381,7 +387,8 @@ class InferenceService:
                 self._failed[key] = (time.monotonic(), message)
             raise ModelLoadError(message) from err
         on_batch = (lambda size, name=spec.model_name: self._on_batch(name, size)) if self._on_batch else None
-        batcher = DynamicBatcher(predictor.predict_batch, self.settings.inference_max_batch,
+        batcher = DynamicBatcher(partial(torch_thread().call, predictor.predict_batch),
+                                 self.settings.inference_max_batch,
                                  self.settings.inference_max_wait_ms, on_batch=on_batch,
                                  name=f"strata-batcher-m{spec.model_id}-v{spec.version}")
         served = Served(predictor, batcher)

@@ -122,6 +122,28 @@ def test_serves_production_once_loaded(ctx):
     assert batches and all(name == "pets" and size >= 1 for name, size in batches)
 
 
+def test_forwards_run_on_the_torch_thread(ctx):
+    """Every forward of a served version runs on the process's torch thread (one OpenMP team:
+    services/inference/compute.py), not on its batcher thread or the caller's."""
+    import threading
+
+    from services.inference.compute import THREAD_NAME
+
+    m = create_model(ctx.sessions, "pets")
+    pub(ctx, m, version=1, class_map=V1, winner=1)
+    threads: list[str] = []
+
+    async def body(service):
+        await service.predict(m, IMAGE)
+        async with service.lease(m) as served:
+            served.predictor.model.register_forward_pre_hook(
+                lambda *_: threads.append(threading.current_thread().name))
+        await asyncio.gather(*(service.predict(m, IMAGE) for _ in range(3)))
+
+    run(ctx, body)
+    assert threads and set(threads) == {THREAD_NAME}
+
+
 def test_versions_without_production(ctx):
     m = create_model(ctx.sessions, "pets")
     dog = pub(ctx, m, version=1, class_map=V1, winner=2, to_production=False)
