@@ -50,7 +50,7 @@ class AppState:
             inference=InferenceService(settings, sessions, store, on_batch=on_inference_batch),
             pixels=PixelBudget(settings.segment_max_pixels_in_flight, settings.segment_queue_timeout_s),
             task_defaults=TaskDefaults.from_settings(settings),  # a bad STRATA_DEFAULT_ARCHITECTURE stops the start
-            callers=LastKnown(settings.stale_if_error_s),
+            callers=LastKnown(settings.stale_if_error_s, fresh_s=settings.auth_cache_s),
             models=LastKnown(settings.stale_if_error_s),
         )
 

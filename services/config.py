@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     stale_if_error_s: float = Field(300.0, ge=0, le=86400, description=(
         "While the database cannot be reached, API keys and models read within this many seconds still "
         "work from memory, so serving survives a database blip (0: off; a 503 at once)."))
+    auth_cache_s: float = Field(5.0, ge=0, le=300, description=(
+        "An API key checked within this many seconds is not looked up in the database again (each API "
+        "process keeps its own; 0: every request asks). A key revoked through another API process keeps "
+        "working there for at most this long; the process that revokes it stops it at once."))
     header_timeout_s: float = Field(10.0, gt=0, description=(
         "A client must send a request's headers within this many seconds of starting them (or of connecting)."))
     body_timeout_s: float = Field(30.0, gt=0, description=(

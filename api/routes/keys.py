@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from api.deps import GlobalAdminDep, SessionDep
+from api.deps import GlobalAdminDep, SessionDep, StateDep
 from api.params import DbInt
 from api.schemas.keys import KeyCreate, KeyCreated, KeyPublic
 from services import audit
@@ -43,7 +43,7 @@ def get_keys(session: SessionDep, _: GlobalAdminDep) -> list[dict]:
 @router.delete("/{key_id}", response_model=KeyPublic,
                responses={404: {"description": "no such key"}, 409: {"description": "the last admin key"}})
 def delete_key(key_id: Annotated[DbInt, Path(description="The key's id (GET /keys).")], session: SessionDep,
-               caller: GlobalAdminDep) -> dict:
+               caller: GlobalAdminDep, state: StateDep) -> dict:
     """Revoke a key (it stays listed, with ``revoked_at``). The last active admin key cannot go."""
     was_active = (row := session.get(ApiKey, key_id)) is not None and row.revoked_at is None
     key = revoke_key(session, key_id)
@@ -51,4 +51,5 @@ def delete_key(key_id: Annotated[DbInt, Path(description="The key's id (GET /key
         audit.record(session, caller, audit.Action.KEY_REVOKE, target=f"key {key.id}",
                      detail={"name": key.name, "prefix": key.prefix})
     session.commit()
+    state.callers.forget(key.key_hash)  # no longer answered from this process's key cache either
     return _public(key)

@@ -250,3 +250,44 @@ def test_the_last_admin_key_cannot_be_revoked(client, keys, model_m):
     r = client.delete(f"/keys/{me['id']}", headers=keys["admin"])
     assert r.status_code == 409 and "last active admin key" in r.json()["detail"]
     assert client.get("/keys", headers=keys["admin"]).status_code == 200
+
+
+def test_a_key_revoked_elsewhere_stops_within_the_auth_cache_ttl(prepared):
+    """STRATA_AUTH_CACHE_S: a checked key is not looked up again for that long, so a key revoked by
+    another API process (here: straight in the database) still works until then, and no longer."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from services.auth import hash_key
+    from services.db.base import utcnow
+    from services.db.models import ApiKey
+
+    ttl = 1.5
+    with TestClient(create_app(prepared.model_copy(update={"auth_cache_s": ttl}))) as client:
+        plaintext = make_key(client, ["read"])
+        assert client.get("/models", headers=bearer(plaintext)).status_code == 200
+        checked = time.monotonic()
+        with session_scope(client.app.state.strata.sessions) as s:
+            s.query(ApiKey).filter_by(key_hash=hash_key(plaintext)).one().revoked_at = utcnow()
+        still = client.get("/models", headers=bearer(plaintext))
+        if time.monotonic() - checked < ttl:  # answered from the cache (a slow machine may be past it)
+            assert still.status_code == 200
+        time.sleep(max(0.0, ttl - (time.monotonic() - checked)) + 0.05)
+        r = client.get("/models", headers=bearer(plaintext))
+        assert r.status_code == 401 and "revoked" in r.json()["detail"]
+
+
+def test_a_key_revoked_through_the_api_stops_at_once_despite_the_cache(prepared):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(prepared.model_copy(update={"auth_cache_s": 300}))) as client:
+        admin = bearer(make_key(client, ["admin"], "admin"))
+        r = client.post("/keys", json={"name": "tool", "scopes": ["read"]}, headers=admin)
+        created = r.json()
+        assert client.get("/models", headers=bearer(created["key"])).status_code == 200  # now in the cache
+        assert client.delete(f"/keys/{created['id']}", headers=admin).status_code == 200
+        assert client.get("/models", headers=bearer(created["key"])).status_code == 401
