@@ -23,7 +23,14 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# TorchServe and its model archiver (the `bench` extra; Java 17+): bench/bench_serving.py serves the same
+# model through TorchServe and through Strata.
+BENCH_STAMP := $(VENV)/.strata-bench-installed
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,experiments,bench]'
+	touch $@
+
+bench: $(STAMP) $(BENCH_STAMP)
 	$(PY) bench/bench_train.py
 
 # The dashboard's front-end libraries: api/dashboard/package-lock.json pins them; their built files are
