@@ -30,8 +30,13 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,experiments,bench]'
 	touch $@
 
+# Every CPU benchmark (bench/run_all.py) with small sizes, about 20 min on 2 cores: one markdown table of
+# figures, ratios to the bare baselines and aims in var/bench/results.md (raw JSON and logs beside it; the
+# dashboard's benchmark needs /usr/bin/chromium). `make bench BENCH_ARGS=` runs docs/results.md's full
+# commands instead (an hour or more); `make bench BENCH_ARGS='--quick --only segment-128,webhooks'` a few.
+BENCH_ARGS ?= --quick
 bench: $(STAMP) $(BENCH_STAMP)
-	$(PY) bench/bench_train.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 # The dashboard's front-end libraries: api/dashboard/package-lock.json pins them; their built files are
 # committed under api/dashboard/static/vendor, so nothing is fetched at run time or by `make test`.
