@@ -10,9 +10,12 @@ data dir), serves the API with uvicorn in a subprocess on a free port, and measu
       forward at batch size 16 (the server's max batch is set to the number of clients): aim >= 0.8x.
 Bare and served measurements alternate (per request for latency, per round for throughput), so
 drifting machine load hits both alike. The mean batch size the server formed is read from /metrics.
+With --device cuda both run on the GPU (the bare forward as the server's predictor runs it there:
+channels_last under bf16 autocast, the masks back on the CPU); --arch publishes another network.
 
     python bench/bench_segment.py                          # 256 px shorter side, 480x360 JPEG input
     python bench/bench_segment.py --image-size 128 --requests 100 --json results.json
+    python bench/bench_segment.py --device cuda --arch deeplabv3_resnet101 --image-size 512   # on a GPU
     OMP_NUM_THREADS=1 python bench/bench_segment.py    # thread count: the API subprocess inherits it
 """
 
@@ -50,7 +53,8 @@ from services.db.models import SemanticClass, Task  # noqa: E402
 from services.db.session import make_engine, make_session_factory, session_scope  # noqa: E402
 from services.evaluation.predict import predict_logits  # noqa: E402
 from services.learning.checkpoint import load_model, save_model  # noqa: E402
-from services.learning.names import SMALL_ARCHITECTURE  # noqa: E402
+from services.learning.names import ARCHITECTURES, SMALL_ARCHITECTURE  # noqa: E402
+from services.learning.trainer import autocast_dtype, resolve_device  # noqa: E402
 from services.learning.zoo import SegModel, build_model  # noqa: E402
 from services.registry.aliases import promote  # noqa: E402
 from services.registry.models import create_model  # noqa: E402
@@ -64,7 +68,7 @@ MODEL = "bench"
 
 
 # --- the published model ------------------------------------------------------------------------
-def publish_model(settings: Settings, image_size: int, workdir: Path) -> tuple[Path, str]:
+def publish_model(settings: Settings, image_size: int, workdir: Path, arch: str = ARCH) -> tuple[Path, str]:
     """Save a random-init model, upload it and record it as production version 1 of model MODEL,
     with an infer key.
 
@@ -73,24 +77,24 @@ def publish_model(settings: Settings, image_size: int, workdir: Path) -> tuple[P
     from services.auth import create_key
 
     torch.manual_seed(0)
-    model = build_model(ARCH, len(CLASSES))
+    model = build_model(arch, len(CLASSES))
     path = workdir / "model.pt"
     digest = save_model(path, model, CLASSES, {"bench": True})
     engine = make_engine(settings)
     try:
         with session_scope(make_session_factory(engine)) as s:
             row = create_model(s, MODEL, "serving benchmark")
-            row.architecture = ARCH
+            row.architecture = arch
             key = checkpoint_key(row.id, 1, digest)
             info = open_store(settings).put_file(key, path)
             s.add(Task(id="bench", model_id=row.id, spec={"classes": [n for i, n in CLASSES.items() if i],
-                                                          "architecture": ARCH}))
+                                                          "architecture": arch}))
             s.flush()
             s.add_all(SemanticClass(model_id=row.id, id=i, name=n, task_id="bench" if i else None)
                       for i, n in CLASSES.items())
             s.flush()
             record_version(
-                s, task=s.get(Task, "bench"), parent_version=None, architecture=ARCH, method="ft",
+                s, task=s.get(Task, "bench"), parent_version=None, architecture=arch, method="ft",
                 hyperparameters={"image_size": image_size}, class_map=CLASSES, checkpoint_key=key,
                 checkpoint_sha256=digest, checkpoint_bytes=info.size, metrics={}, old_classes=[],
                 new_classes=sorted(CLASSES), version=1, settings=settings,
@@ -128,15 +132,25 @@ def test_image(width: int, height: int) -> tuple[Image.Image, bytes]:
 class Bare:
     model: SegModel
     image_size: int
+    device: torch.device = torch.device("cpu")
+
+    def __post_init__(self) -> None:
+        # As the server's predictor runs a model on CUDA: channels_last, under bf16 (or fp16) autocast.
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        self.amp_dtype = autocast_dtype(self.device, amp=True)
+        self.model = self.model.eval().to(self.device, memory_format=self.memory_format)
 
     def __call__(self, images: list[Image.Image]) -> list[torch.Tensor]:
         """What the server computes, without the serving: eval_preprocess (shorter side at
         image_size), predict_logits (padded forward, logits upsampled to the input's resolution),
-        argmax: channel indices [H, W] per image. The bench's images are all one size: one forward."""
-        batch = torch.stack([eval_preprocess(im, self.image_size) for im in images])
-        with torch.inference_mode():
-            logits = predict_logits(self.model, batch, [(im.height, im.width) for im in images])
-            return [one.argmax(0) for one in logits]
+        argmax: channel indices [H, W] per image, on the CPU (where the server encodes them).
+        The bench's images are all one size: one forward."""
+        batch = torch.stack([eval_preprocess(im, self.image_size) for im in images]).to(self.device)
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        with torch.inference_mode(), autocast:
+            logits = predict_logits(self.model, batch, [(im.height, im.width) for im in images],
+                                    memory_format=self.memory_format)
+            return [one.argmax(0).cpu() for one in logits]
 
 
 def timed(fn, *args) -> float:
@@ -163,7 +177,9 @@ class BareThread:
 
 # --- the served API ---------------------------------------------------------------------------------
 def start_api(settings: Settings, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
+    # ROOT first, and whatever PYTHONPATH already held after it (e.g. packages installed with --target).
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, **settings_env(settings), "PYTHONPATH": path}
     with open(log_path, "wb") as log:
         return subprocess.Popen(api_command(settings), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -237,16 +253,18 @@ def served_throughput(base: str, headers: dict, data: bytes, clients: int, secon
 
 # --- the run ------------------------------------------------------------------------------------------
 def run(image_size: int = 256, input_size: tuple[int, int] = (480, 360), requests: int = 60, clients: int = 16,
-        rounds: int = 3, seconds: float = 8.0, max_wait_ms: float = 5.0) -> dict:
+        rounds: int = 3, seconds: float = 8.0, max_wait_ms: float = 5.0, device: str = "cpu",
+        arch: str = ARCH) -> dict:
+    dev = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="strata-bench-") as tmp:
         workdir = Path(tmp)
         port = free_port()
-        settings = load_settings(data_dir=workdir / "var", port=port, log_level="warning", inference_device="cpu",
+        settings = load_settings(data_dir=workdir / "var", port=port, log_level="warning", inference_device=str(dev),
                                  inference_max_batch=clients, inference_max_wait_ms=max_wait_ms)
         prepare(settings)
-        model_path, key = publish_model(settings, image_size, workdir)
+        model_path, key = publish_model(settings, image_size, workdir, arch)
         image, data = test_image(*input_size)
-        bare = BareThread(Bare(load_model(model_path).model.eval(), image_size))
+        bare = BareThread(Bare(load_model(model_path).model, image_size, dev))
         base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
         log_path = workdir / "api.log"
         proc = start_api(settings, log_path)
@@ -271,7 +289,7 @@ def run(image_size: int = 256, input_size: tuple[int, int] = (480, 360), request
             bare.close()
             stop_api(proc)
     return report(image_size, input_size, requests, clients, rounds, seconds, max_wait_ms, bare_ms, served_ms,
-                  bare_ips, served_rps, (after_sum - batch_sum) / max(after_count - batch_count, 1))
+                  bare_ips, served_rps, (after_sum - batch_sum) / max(after_count - batch_count, 1), str(dev), arch)
 
 
 def free_port() -> int:
@@ -285,7 +303,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def report(image_size, input_size, requests, clients, rounds, seconds, max_wait_ms, bare_ms, served_ms, bare_ips,
-           served_rps, mean_batch) -> dict:
+           served_rps, mean_batch, device="cpu", arch=ARCH) -> dict:
     latency = {
         "bare_ms": {"p50": round(pct(bare_ms, 50), 2), "p95": round(pct(bare_ms, 95), 2)},
         "segment_ms": {"p50": round(pct(served_ms, 50), 2), "p95": round(pct(served_ms, 95), 2)},
@@ -299,7 +317,7 @@ def report(image_size, input_size, requests, clients, rounds, seconds, max_wait_
     }
     throughput["ratio"] = round(throughput["segment_requests_per_s"] / throughput["bare_images_per_s"], 3)
     return {
-        "model": ARCH, "device": "cpu", "cpu_threads": torch.get_num_threads(), "image_size": image_size,
+        "model": arch, "device": device, "cpu_threads": torch.get_num_threads(), "image_size": image_size,
         "input": f"{input_size[0]}x{input_size[1]} JPEG", "requests": requests, "clients": clients,
         "rounds": rounds, "seconds_per_round": seconds, "max_wait_ms": max_wait_ms,
         "latency": latency, "throughput": throughput,
@@ -329,14 +347,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating bare/served throughput rounds")
     p.add_argument("--seconds", type=float, default=8.0, help="length of one served throughput round")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="the batcher's STRATA_INFERENCE_MAX_WAIT_MS")
+    p.add_argument("--device", default="cpu", help="where the server and the bare forward run: cpu, cuda, cuda:N")
+    p.add_argument("--arch", choices=ARCHITECTURES, default=ARCH, help="the published model's architecture")
     p.add_argument("--json", type=Path, help="also write the report to this file")
     args = p.parse_args(argv)
     try:
         width, height = (int(v) for v in args.input.lower().split("x"))
     except ValueError:
         p.error(f"--input must be WIDTHxHEIGHT, e.g. 480x360, got {args.input!r}")
+    try:
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as err:
+        p.error(f"--device: {err}")
     result = run(args.image_size, (width, height), args.requests, args.clients, args.rounds, args.seconds,
-                 args.max_wait_ms)
+                 args.max_wait_ms, args.device, args.arch)
     print_table(result)
     print(json.dumps(result, indent=2))
     if args.json:
