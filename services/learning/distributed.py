@@ -121,6 +121,14 @@ class Group:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def mean(self, terms: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+        """Each loss term averaged over the ranks (a collective): the global batch's, as the ranks'
+        shares are equal. Also carries a rank's non-finite loss to every rank."""
+        names = sorted(terms)
+        values = torch.stack([terms[k].detach().float().to(device) for k in names])
+        dist.all_reduce(values)
+        return dict(zip(names, values / self.world_size, strict=True))
+
     def gather_rng(self) -> list[dict[str, Any]] | None:
         """Every rank's RNG state, on rank 0 (None elsewhere): a collective."""
         states: list[Any] | None = [None] * self.world_size if self.is_main else None

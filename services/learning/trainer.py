@@ -174,6 +174,8 @@ def train(
             labels = labels.to(device, non_blocking=True)
             lr = optimizer.param_groups[0]["lr"]
             terms = train_step(net, method, teacher, images, labels, optimizer, scheduler, scaler, amp_dtype)
+            if dist is not None and reports.due(step):  # what one process would report: the global batch's
+                terms = dist.mean(terms, device)
             reports.after_step(step, terms, lr)
         # Checked once an epoch (a device sync), before the epoch is checkpointed: a resumed run
         # must not start from diverged weights. (An fp16 GradScaler skips non-finite steps itself.)
@@ -387,9 +389,13 @@ class _Reporter:
         self.since = time.perf_counter()
         self.images = 0
 
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is reported (every ``log_every`` steps and the epoch's last)."""
+        return not (step + 1) % self.config.log_every or step + 1 == self.steps
+
     def after_step(self, step: int, terms: dict[str, Tensor], lr: float) -> None:
         self.images += self.batch_size
-        if self.on_progress is None or ((step + 1) % self.config.log_every and step + 1 != self.steps):
+        if self.on_progress is None or not self.due(step):
             return
         values = {k: float(v) for k, v in terms.items()}  # syncs the device, only when reporting
         now = time.perf_counter()
