@@ -26,6 +26,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 {
   date -u
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  echo "cpus $(nproc); /dev/shm (the loader workers' batches): $(df -h /dev/shm 2>/dev/null | awk 'NR==2 {print $2}')"
   "$PY" -c "import sys, torch, torchvision; print(sys.version.split()[0], 'torch', torch.__version__,
 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())"
 } > "$OUT/env.txt" 2>&1
