@@ -198,11 +198,11 @@ def part_pipeline(args: argparse.Namespace, deadline: float, rec: dict, save: Ca
                 rec["rows"].append({"run": label, "workers": workers, "error": describe(err)})
             free_memory()
             save()
-    base = [r["images_per_s"] for r in rec["rows"] if r["run"] == "preloaded" and "images_per_s" in r]
+    base = [r["images_per_s"] for r in rec["rows"] if r["run"] == "preloaded" and r.get("images_per_s")]
     if base:
         rec["preloaded_images_per_s"] = round(statistics.median(base), 2)
         for r in rec["rows"]:
-            if r["run"] != "preloaded" and "images_per_s" in r:
+            if r["run"] != "preloaded" and r.get("images_per_s"):
                 r["over_preloaded"] = round(r["images_per_s"] / rec["preloaded_images_per_s"], 3)
 
 
@@ -468,8 +468,9 @@ def markdown(report: dict) -> str:
                   f"{p.get('steps')} steps", ""]
         lines += table_head(["run", "images/s", "/ preloaded", "GPU util %", "s"])
         for r in p.get("rows", []):
-            if "images_per_s" not in r:
-                lines.append(f"| {r['run']} | {r.get('skipped') or r.get('error')} |")
+            if not r.get("images_per_s"):
+                why = r.get("skipped") or r.get("error") or f"{r.get('reports')} progress report(s): too few steps"
+                lines.append(f"| {r['run']} | {why} |")
                 continue
             lines.append(f"| {r['run']} | {r['images_per_s']} | {r.get('over_preloaded', '')} | "
                          f"{r.get('gpu_util_pct') if r.get('gpu_util_pct') is not None else '-'} | "
