@@ -58,7 +58,7 @@ DEFAULT_TIMEOUT_S = 1800.0  # longest wait in a collective: covers rank 0 upload
 _READY = "strata/ready/{}"
 _LOG_TAIL = 2000  # characters of a failed rank's log quoted in the error
 _GRACE_S = 10.0  # how long ranks get to exit on their own before they are killed
-EXIT_CANCELLED = 3  # a rank's exit status when the run was cancelled
+EXIT_STOPPED = 3  # a rank's exit status when the run was cancelled or diverged (as rank 0 did)
 
 
 class DistributedTrainingError(RuntimeError):
@@ -161,7 +161,7 @@ def train_distributed(
 ) -> SegModel:
     """``trainer.train`` on ``world_size`` processes (this one is rank 0); returns rank 0's model,
     as ``train`` does. ``world_size`` 1 is a plain ``train``."""
-    from services.learning.trainer import resolve_device, train
+    from services.learning.trainer import TrainingCancelled, TrainingDiverged, resolve_device, train
 
     if world_size == 1:
         return train(model, method, dataset, config, teacher=teacher, class_map=class_map,
@@ -195,8 +195,8 @@ def train_distributed(
             return train(model, method, dataset, config, teacher=teacher, class_map=class_map,
                          checkpoint_dir=checkpoint_dir, on_progress=on_progress, should_cancel=should_cancel,
                          on_checkpoint=on_checkpoint, dist=Group(0, world_size))
-        except DistributedTrainingError:
-            raise
+        except (DistributedTrainingError, TrainingCancelled, TrainingDiverged):
+            raise  # every rank stopped at the same step for the same reason: rank 0's words say it
         except Exception as err:
             failed = _failed_rank(ranks, wait_s=5.0)
             if failed is not None:  # rank 0's error is the echo of another rank's death: name that one
@@ -220,7 +220,7 @@ class _Rank:
 
     def failure(self) -> DistributedTrainingError | None:
         code = self.process.poll()
-        if code is None or code in (0, EXIT_CANCELLED):
+        if code is None or code in (0, EXIT_STOPPED):
             return None
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
         try:
@@ -291,7 +291,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _run_rank(job_path: Path, rank: int) -> int:
-    from services.learning.trainer import TrainingCancelled, train
+    from services.learning.trainer import TrainingCancelled, TrainingDiverged, train
 
     job = torch.load(job_path, map_location="cpu", weights_only=False)  # written by rank 0 just now
     _exit_with_parent(job["parent"])
@@ -304,8 +304,8 @@ def _run_rank(job_path: Path, rank: int) -> int:
         train(job["model"], job["method"], job["dataset"], job["config"], teacher=job["teacher"],
               class_map=job["class_map"], checkpoint_dir=job["checkpoint_dir"],
               dist=Group(rank, job["world_size"]))
-    except TrainingCancelled:
-        return EXIT_CANCELLED
+    except (TrainingCancelled, TrainingDiverged):  # rank 0 stops too, at the same step, and says why
+        return EXIT_STOPPED
     finally:
         dist.destroy_process_group()
     return 0

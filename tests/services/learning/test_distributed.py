@@ -20,7 +20,7 @@ import torch
 
 from services.learning.checkpoint import load_training_state
 from services.learning.distributed import CpuSyncBatchNorm, DistributedTrainingError, Group, _replace_batchnorm
-from services.learning.trainer import TrainingCancelled
+from services.learning.trainer import TrainingCancelled, TrainingDiverged
 from tests.services.learning import ddp_run
 from tests.services.learning.ddp_run import IMAGES, NEW, OLD, SIZE, FailsOnRank1, config, run
 
@@ -105,6 +105,12 @@ def test_a_cancel_seen_by_rank_0_stops_both_ranks() -> None:
     with pytest.raises(TrainingCancelled, match="epoch 1/2, step 3/4"):
         run(2, should_cancel=lambda: calls.append(1) or len(calls) > 2)
     assert time.monotonic() - started < 60
+
+
+def test_a_diverging_run_stops_every_rank_with_rank_0s_error(tmp_path: Path) -> None:
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 1/2: the loss is no longer finite"):
+        run(2, "ft", config(lr=1e30), checkpoint_dir=tmp_path)
+    assert load_training_state(tmp_path) is None
 
 
 def test_a_failing_rank_fails_the_run_with_its_error() -> None:
