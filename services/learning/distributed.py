@@ -104,15 +104,17 @@ class Group:
         return seed if self.rank == 0 else seed + 1_000_003 * self.rank
 
     def wrap(self, model: SegModel, device: torch.device) -> nn.Module:
-        """``model`` under DDP (SyncBatchNorm first on CUDA); the trainer keeps using ``model`` itself
-        for everything but the training forward, and calls ``unwrap`` when training is over."""
+        """``model`` under DDP, its BatchNorm layers synchronised first; the trainer keeps using
+        ``model`` itself for everything but the training forward, and calls ``unwrap`` when training
+        is over."""
         _replace_batchnorm(model, sync=True, device=device)
         ids = [device.index] if device.type == "cuda" else None
         # Buffers (BatchNorm statistics) are not sent at every forward: only rank 0's are checkpointed and used.
         return nn.parallel.DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
     def unwrap(self, model: SegModel) -> None:
-        """SyncBatchNorm back to BatchNorm (same state): recalibration and scoring run on rank 0 alone."""
+        """Synchronised BatchNorm back to BatchNorm (same state): recalibration and scoring run on
+        rank 0 alone."""
         _replace_batchnorm(model, sync=False)
 
     def any(self, flag: bool, device: torch.device) -> bool:
