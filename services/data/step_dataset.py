@@ -41,6 +41,7 @@ class SegmentationDataset(Dataset):
         self.lut = lut
         self.transform = transform
         self._decoded: list[tuple[np.ndarray, np.ndarray]] | None = None  # (image [H, W, 3], mask [H, W]) uint8
+        self._preloaded_with: tuple[int | None, int] | None = None  # preload's (max_short, budget_bytes)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -64,8 +65,19 @@ class SegmentationDataset(Dataset):
             return False
         with ThreadPoolExecutor(max(1, threads)) as pool:  # decoding releases the GIL
             self._decoded = list(pool.map(lambda i: self._load_scaled(i, max_short), range(len(self))))
+        self._preloaded_with = (max_short, budget_bytes)
         log.info("%s: %d images decoded in memory (%.0f MB)", self.source.name, len(self), needed / 2**20)
         return True
+
+    def __getstate__(self) -> dict:
+        # Pickled (a training rank's job file, a spawned loader worker): the decoded images do not
+        # travel, the other side decodes its own from the local files (__setstate__).
+        return {**self.__dict__, "_decoded": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._preloaded_with is not None:
+            self.preload(*self._preloaded_with)
 
     def _load(self, i: int) -> tuple[Image.Image, np.ndarray]:
         """Item ``i`` read from its files: (RGB image, relabelled mask uint8 [H, W])."""

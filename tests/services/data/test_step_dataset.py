@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,16 @@ def test_a_dataset_over_the_budget_is_read_from_its_files(tmp_path: Path) -> Non
     assert data._decoded is None
     assert len(items(data)) == 3
     assert data.preload(max_short=None, budget_bytes=3 * 32 * 32 * 4)
+
+
+def test_a_pickled_dataset_decodes_its_own_copy(tmp_path: Path) -> None:
+    """A training rank gets the dataset through a file: the decoded images stay behind and the
+    other side decodes them again from the local files, to the same items."""
+    root = write_shapes_dataset(tmp_path, {"train": 3}, size=32)
+    data = dataset(root, TrainTransform(16))
+    assert data.preload(max_short=24, budget_bytes=2**20)
+    assert len(pickle.dumps(data)) < 3 * 24 * 24 * 3  # not the images
+    copy = pickle.loads(pickle.dumps(data))
+    assert copy._decoded is not None
+    for (a, m), (b, n) in zip(items(data), items(copy), strict=True):
+        assert torch.equal(a, b) and torch.equal(m, n)
