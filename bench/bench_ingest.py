@@ -71,6 +71,18 @@ def build_parts(split: Path, out: Path, copies: int) -> list[Part]:
     return parts
 
 
+def showing_every_class(parts: list[Part], count: int) -> list[Part]:
+    """The first image/mask pairs whose masks show every class 1..count together (a task's classes must each
+    appear in a mask)."""
+    seen: set[int] = set()
+    for end in range(2, len(parts) + 1, 2):
+        with Image.open(parts[end - 1][2]) as mask:
+            seen |= {v for v, n in enumerate(mask.histogram()) if n and 1 <= v <= count}
+        if len(seen) == count:
+            return parts[:end]
+    raise ValueError(f"the masks together show only classes {sorted(seen)} of 1..{count}")
+
+
 def build_zip(parts: list[Part], path: Path) -> list[Part]:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for field, name, src in parts:
@@ -175,7 +187,7 @@ def run(split: Path, mode: str, copies: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="strata-bench-ingest-") as tmp:
         work = Path(tmp)
         loose = build_parts(split, work / "upload", copies)
-        parts, small = loose, loose[:4]  # small: the first two pairs, for the warm-up task
+        parts, small = loose, showing_every_class(loose, len(names))  # for the warm-up task
         if mode == "zip":
             parts, small = build_zip(loose, work / "camvid.zip"), build_zip(small, work / "small.zip")
         key, port = secrets.token_hex(20), free_port()  # a 40-character admin key
