@@ -104,8 +104,8 @@ def serving(r: dict) -> list[Row]:
             p50, thr = q["strata/torchserve p50"], q["strata/torchserve throughput"]
             rows += [Row(f"/segment latency p50, one client, {px} px / TorchServe's", f"{lat['strata']['p50']:.1f} ms",
                          f"TorchServe {lat['torchserve']['p50']:.1f} ms", p50, "< 1", p50 < 1),
-                     Row(f"/segment throughput, {r['clients']} clients, {px} px / TorchServe's", f"{ips['strata']} img/s",
-                         f"TorchServe {ips['torchserve']} img/s", thr, "> 1", thr > 1)]
+                     Row(f"/segment throughput, {r['clients']} clients, {px} px / TorchServe's",
+                         f"{ips['strata']} img/s", f"TorchServe {ips['torchserve']} img/s", thr, "> 1", thr > 1)]
         rows.append(Row(f"masks equal to the bare pipeline's, {px} px", ", ".join(
             f"{k} {'yes' if v else 'NO'}" for k, v in x["masks_identical"].items()), aim="all equal",
             met=all(x["masks_identical"].values())))
@@ -124,7 +124,8 @@ def ingest(r: dict) -> list[Row]:
     return [measured(f"POST /tasks -> 202, {r['images']} images ({r['upload_mb']} MB, {r['mode']})",
                      f"{r['ingest_s']} s", f"{r['bare_copy_hash_s']} s (copy + sha256)",
                      r["ingest_s"] / r["bare_copy_hash_s"]),
-            measured("API memory growth during that upload", f"{rss['growth']} MB ({rss['growth_per_upload']} x upload)")]
+            measured("API memory growth during that upload",
+                     f"{rss['growth']} MB ({rss['growth_per_upload']} x upload)")]
 
 
 def import_(r: dict) -> list[Row]:
@@ -182,8 +183,8 @@ def quickstart(r: dict) -> list[Row]:
 def reliability(r: dict) -> list[Row]:
     b, p, q, s = r["baseline"], r["promotion"], r["ratios"], r["swaps"]
     every = f"production moved every {r['promote_every_s']:g} s, {r['clients']} clients"
-    return [measured(f"/segment latency p50, {every} / no moves", f"{p['p50_ms']} ms", f"{b['p50_ms']} ms", q["p50_ms"]),
-            measured(f"/segment latency p99, {every} / no moves", f"{p['p99_ms']} ms", f"{b['p99_ms']} ms", q["p99_ms"]),
+    return [*(measured(f"/segment latency {k[:3]}, {every} / no moves", f"{p[k]} ms", f"{b[k]} ms", q[k])
+              for k in ("p50_ms", "p99_ms")),
             measured(f"/segment throughput, {every} / no moves", f"{p['requests_per_s']} req/s",
                      f"{b['requests_per_s']} req/s", q["requests_per_s"]),
             Row(f"errors / wrong masks / failed promotions ({s['moves']} moves)",
@@ -264,7 +265,7 @@ def run_one(name: str, bench: Bench, quick: bool, out: Path, timeout_s: float | 
     script = Path(bench.script) if Path(bench.script).is_absolute() else ROOT / "bench" / bench.script
     json_path, log_path = out / f"{name}.json", out / f"{name}.log"
     json_path.unlink(missing_ok=True)
-    flags = (bench.quick if quick else bench.full) + (["--json"] if bench.json_on_stdout else ["--json", str(json_path)])
+    flags = [*(bench.quick if quick else bench.full), "--json", *([] if bench.json_on_stdout else [str(json_path)])]
     shown = " ".join(shlex.quote(shown_path(a) if i > 0 and flags[i - 1] == "--json" else a)
                      for i, a in enumerate(flags))
     shown = f"{python_shown()} {shown_path(script)} {shown}"
@@ -279,6 +280,9 @@ def run_one(name: str, bench: Bench, quick: bool, out: Path, timeout_s: float | 
         except subprocess.TimeoutExpired:
             stop(proc)
             code, error = None, f"timed out after {limit:.0f} s"
+        except KeyboardInterrupt:  # its own session does not get the terminal's Ctrl-C: pass it on
+            stop(proc)
+            raise
     seconds = time.monotonic() - started
     if code:
         error = f"exit status {code}: {last_line(log_path)}"
@@ -341,8 +345,8 @@ def report(outcomes: list[Outcome], argv: list[str], began: datetime, seconds: f
     failed = [o.name for o in outcomes if o.error]
     missed = sum(1 for o in outcomes for r in o.rows if r.met is False)
     command = " ".join([python_shown(), "bench/run_all.py", *argv])
-    head = (f"# Benchmarks\n\n`{command}` at {began:%Y-%m-%d %H:%M} UTC, commit {commit()}, {os.cpu_count()} cores, 1-min load average "
-            f"{outcomes[0].load[0]:.1f} at the start and {outcomes[-1].load[1]:.1f} at the end; "
+    head = (f"# Benchmarks\n\n`{command}` at {began:%Y-%m-%d %H:%M} UTC, commit {commit()}, {os.cpu_count()} cores, "
+            f"1-min load average {outcomes[0].load[0]:.1f} at the start and {outcomes[-1].load[1]:.1f} at the end; "
             f"{seconds / 60:.1f} min. Ratio: Strata's figure / the baseline measured in the same run "
             f"(for a throughput higher is better, for a time lower). Raw JSON and logs beside this file.\n\n"
             f"{len(outcomes)} benchmarks, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
