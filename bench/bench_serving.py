@@ -195,9 +195,13 @@ class TorchServe:
         # One worker (one Python process) batching like Strata's batcher; the handler reads image_size.
         config.write_text(f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {max_batch}\nmaxBatchDelay: {max_wait_ms:g}\n"
                           f"responseTimeout: 120\nhandler:\n  image_size: {image_size}\n")
-        subprocess.run([str(VENV_BIN / "torch-model-archiver"), "--model-name", MODEL, "--version", "1.0",
-                        "--serialized-file", str(model_path), "--handler", str(HANDLER), "--config-file", str(config),
-                        "--export-path", str(store)], check=True, capture_output=True)
+        archived = subprocess.run(
+            [str(VENV_BIN / "torch-model-archiver"), "--model-name", MODEL, "--version", "1.0",
+             "--serialized-file", str(model_path), "--handler", str(HANDLER), "--config-file", str(config),
+             "--export-path", str(store)], capture_output=True, text=True)
+        if archived.returncode != 0:
+            raise RuntimeError(f"torch-model-archiver failed ({archived.returncode}):\n"
+                               f"{(archived.stdout + archived.stderr)[-3000:]}")
         self.port, management, metrics = free_port(), free_port(), free_port()
         properties = self.workdir / "config.properties"
         properties.write_text("\n".join([
