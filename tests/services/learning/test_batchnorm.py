@@ -10,6 +10,7 @@ from services.learning import batchnorm
 from services.learning.config import TrainConfig
 from services.learning.growth import grow_classifier
 from services.learning.methods import build_method
+from services.learning.sampling import EpochSampler, SeededItems
 from services.learning.trainer import train
 from services.learning.zoo import build_model
 from tests.services.learning.tiny import TINY_ARCH, RandomSegDataset, class_map
@@ -71,11 +72,12 @@ def test_recalibrate_policy_gives_the_statistics_of_the_trained_weights() -> Non
     assert all(torch.equal(a, b) for a, b in zip(weights(updated), weights(recalibrated)))
     assert any(not torch.allclose(a, b) for a, b in zip(_stats(updated), _stats(recalibrated)))
     # Recalibrated statistics are those of one pass over the data with the trained weights (the
-    # trainer's batches: its loader for "epoch" 1 of this 1-epoch run).
+    # trainer's batches: its loader's pass "epoch" 1 of this 1-epoch run, seed 0).
     again = [s.clone() for s in _stats(recalibrated)]
     recalibrated.train()
-    loader = torch.utils.data.DataLoader(RandomSegDataset(4, 5), 2, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(1))
+    sampler = EpochSampler(4, batch_size=2, seed=0)
+    sampler.set_epoch(1)
+    loader = torch.utils.data.DataLoader(SeededItems(RandomSegDataset(4, 5)), 2, sampler=sampler, drop_last=True)
     batchnorm.recalibrate(recalibrated, [img for img, _ in loader])
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(again, _stats(recalibrated)))
 
