@@ -1,7 +1,7 @@
 """Every CPU benchmark in one run, and one markdown table of their headline figures (`make bench`).
 
 Each benchmark below runs as a subprocess with its own flags (``--quick``: small sizes and repeats,
-about 20 minutes for all of them on 2 cores; without it: the commands docs/results.md quotes, an hour
+about 15 minutes for all of them on 2 quiet cores; without it: the commands docs/results.md quotes, an hour
 or more) and a timeout. Its JSON goes to OUT/NAME.json and its output to OUT/NAME.log; an extractor
 per benchmark turns the JSON into rows of
   | benchmark | figure | Strata | bare baseline | ratio | aim | met? | command |
@@ -112,6 +112,12 @@ def serving(r: dict) -> list[Row]:
     return rows
 
 
+def torch_thread(r: dict) -> list[Row]:
+    ms = r["median_ms"]
+    return [measured(f"a forward on another thread / on the thread that warmed the model up ({r['image_size']} px, "
+                     f"batch 1)", f"{ms['other']:.1f} ms", f"{ms['same']:.1f} ms", ms["other"] / ms["same"])]
+
+
 def time_to_version(r: dict) -> list[Row]:
     what = f"{r['images']} {r['data']} images x {r['epochs']} epochs, {r['image_size']} px"
     return [measured(f"POST /tasks to a recorded version ({what}; loader workers {x.get('workers')}, "
@@ -214,25 +220,26 @@ class Bench:
 BENCHES: dict[str, Bench] = {
     "train": Bench("bench_train.py", ["--threads", "1", "--repeats", "2", "--steps", "3"],
                    ["--threads", "1", "--repeats", "3"], train, (400, 1200), json_on_stdout=True),
-    "segment-128": Bench("bench_segment.py", ["--image-size", "128", "--requests", "40", "--rounds", "2",
+    "segment-128": Bench("bench_segment.py", ["--image-size", "128", "--requests", "60", "--rounds", "3",
                                               "--seconds", "5"], ["--image-size", "128"], segment, (400, 1200)),
-    "segment-256": Bench("bench_segment.py", ["--image-size", "256", "--requests", "40", "--rounds", "2",
+    "segment-256": Bench("bench_segment.py", ["--image-size", "256", "--requests", "60", "--rounds", "3",
                                               "--seconds", "5"], ["--image-size", "256"], segment, (400, 1200)),
-    "serving": Bench("bench_serving.py", ["--requests", "30", "--rounds", "2", "--seconds", "4"], [], serving,
+    "serving": Bench("bench_serving.py", ["--requests", "40", "--rounds", "3", "--seconds", "4"], [], serving,
                      (900, 2400)),
+    "torch_thread": Bench("bench_torch_thread.py", ["--runs", "2", "--forwards", "30"], [], torch_thread, (300, 900)),
     "time_to_version": Bench("bench_time_to_version.py", ["--images", "64", "--epochs", "2", "--configs", "1:on"],
                              [], time_to_version, (900, 5400)),
     "ingest": Bench("bench_ingest.py", ["--repeats", "2"], ["--mode", "zip"], ingest, (300, 1200)),
     "import": Bench("bench_import.py", ["--limit", "60", "--repeats", "1"], ["--repeats", "3"], import_, (400, 1800)),
     "answers": Bench("bench_answers.py", [], [], answers, (300, 600)),
-    "export": Bench("bench_export.py", ["--runs", "10"], ["--runs", "50"], export, (400, 1200)),
+    "export": Bench("bench_export.py", ["--runs", "30"], ["--runs", "50"], export, (400, 1200)),
     "models": Bench("bench_models.py", ["--images", "12", "--epochs", "1", "--image-size", "64", "--requests", "20",
                                         "--worker-threads", "1"],
                     ["--images", "48", "--epochs", "3", "--image-size", "96", "--worker-threads", "1"], models,
                     (900, 3600)),
     "dashboard": Bench("bench_dashboard.py", ["--sizes", "30", "--repeats", "2"], [], dashboard, (400, 1800)),
     "quickstart": Bench("bench_quickstart.py", ["--skip-defaults"], ["--steps", "2"], quickstart, (1200, 3600)),
-    "reliability": Bench("bench_reliability.py", ["--duration", "20", "--promote-every", "2"], [], reliability,
+    "reliability": Bench("bench_reliability.py", ["--duration", "40", "--promote-every", "2"], [], reliability,
                          (400, 1200)),
     "webhooks": Bench("bench_webhooks.py", ["--events", "200", "--latency-events", "10"], [], webhooks, (300, 900)),
 }
@@ -368,7 +375,7 @@ def commit() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes and repeats (about 20 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="small sizes and repeats (about 15 min on 2 quiet cores)")
     p.add_argument("--only", help=f"comma-separated, of: {', '.join(BENCHES)}")
     p.add_argument("--timeout", type=float, help="seconds per benchmark (default: each one's own)")
     p.add_argument("--out", type=Path, default=ROOT / "var" / "bench", help="where results.md, JSON and logs go")
