@@ -211,10 +211,15 @@ class TorchServe:
             f"number_of_netty_threads={threads}", f"netty_client_threads={threads}",
             "default_workers_per_model=1", "job_queue_size=1000", "disable_system_metrics=true",
             "install_py_dep_per_model=false", f"vmargs=-Xmx1g -XX:ActiveProcessorCount={threads}",
+            # Its workers' sockets are /tmp/.ts.sock.<port> from 9000 on: another TorchServe would collide.
+            f"initial_worker_port={free_port()}",
         ]) + "\n")
         env = {**os.environ, **thread_env(threads), "PYTHONPATH": str(ROOT),
                "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-               "LOG_LOCATION": str(self.workdir / "logs"), "METRICS_LOCATION": str(self.workdir / "logs")}
+               "LOG_LOCATION": str(self.workdir / "logs"), "METRICS_LOCATION": str(self.workdir / "logs"),
+               # Its launcher refuses to start while the pid file in the temporary directory names a
+               # running TorchServe: a directory of our own lets two benchmarks run at once.
+               "TMPDIR": str(self.workdir)}
         self.log = self.workdir / "torchserve.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
