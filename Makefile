@@ -30,7 +30,7 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,experiments,bench]'
 	touch $@
 
-# Every CPU benchmark (bench/run_all.py) with small sizes, 15-35 min on 2 cores: one markdown table of
+# Every CPU benchmark (bench/run_all.py) with small sizes, 10-35 min on 2 cores: one markdown table of
 # figures, ratios to the bare baselines and aims in var/bench/results.md (raw JSON and logs beside it; the
 # dashboard's benchmark needs /usr/bin/chromium). `make bench BENCH_ARGS=` runs docs/results.md's full
 # commands instead (an hour or more); `make bench BENCH_ARGS='--quick --only segment-128,webhooks'` a few.

@@ -1,7 +1,7 @@
 """Every CPU benchmark in one run, and one markdown table of their headline figures (`make bench`).
 
 Each benchmark below runs as a subprocess with its own flags (``--quick``: small sizes and repeats,
-about 15 minutes for all of them on 2 quiet cores; without it: the commands docs/results.md quotes, an hour
+about 10 minutes for all of them on 2 quiet cores; without it: the commands docs/results.md quotes, an hour
 or more) and a timeout. Its JSON goes to OUT/NAME.json and its output to OUT/NAME.log; an extractor
 per benchmark turns the JSON into rows of
   | benchmark | figure | Strata | bare baseline | ratio | aim | met? | command |
@@ -375,7 +375,7 @@ def commit() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes and repeats (about 15 min on 2 quiet cores)")
+    p.add_argument("--quick", action="store_true", help="small sizes and repeats (about 10 min on 2 quiet cores)")
     p.add_argument("--only", help=f"comma-separated, of: {', '.join(BENCHES)}")
     p.add_argument("--timeout", type=float, help="seconds per benchmark (default: each one's own)")
     p.add_argument("--out", type=Path, default=ROOT / "var" / "bench", help="where results.md, JSON and logs go")
