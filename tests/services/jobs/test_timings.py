@@ -41,3 +41,12 @@ def test_the_view_adds_queue_wait_and_total() -> None:
     view = timings_view({"ingest_s": 1.5, "train_s": 50.0}, created, started, finished)
     assert view == {"ingest_s": 1.5, "train_s": 50.0, "queued_s": 4.0, "total_s": 65.5}
     assert timings_view(None, created, None, None) == {}
+
+
+def test_loader_workers_default_to_half_the_training_threads() -> None:
+    from services.jobs.run import MAX_LOADER_WORKERS, loader_workers
+
+    assert loader_workers(3, threads=16) == 3  # the setting wins, 0 included
+    assert loader_workers(0, threads=16) == 0
+    assert [loader_workers(None, threads=t) for t in (1, 2, 4, 8)] == [0, 1, 2, 4]
+    assert loader_workers(None, threads=64) == MAX_LOADER_WORKERS
