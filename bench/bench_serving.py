@@ -54,9 +54,11 @@ from bench_segment import (  # noqa: E402
     ARCH,
     MODEL,
     free_port,
+    pct,
     publish_model,
     start_api,
     street_scene,
+    timed,
     wait_until_serving,
 )
 from PIL import Image  # noqa: E402
@@ -117,7 +119,7 @@ class BarePipeline:
         return self.pool.submit(self._pipeline, payloads).result()
 
     def seconds(self, payloads: list[bytes]) -> float:
-        return self.pool.submit(_timed, self._pipeline, payloads).result()
+        return self.pool.submit(timed, self._pipeline, payloads).result()
 
     def images_per_s(self, data: bytes, batch: int, images: int) -> float:
         """Best of three passes over ``images`` copies of the input, ``batch`` at a time."""
@@ -126,12 +128,6 @@ class BarePipeline:
 
     def close(self) -> None:
         self.pool.shutdown()
-
-
-def _timed(fn: Callable, *args) -> float:
-    started = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - started
 
 
 # --- the servers ----------------------------------------------------------------------------------------
@@ -319,10 +315,6 @@ def throughput(server: Server, data: bytes, clients: int, seconds: float) -> flo
     return sum(counts) / elapsed
 
 
-def pct(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 2)
-
-
 def check_masks(reference: bytes, answers: dict[str, bytes]) -> dict[str, bool]:
     want = np.asarray(Image.open(io.BytesIO(reference)))
     return {name: bool(np.array_equal(np.asarray(Image.open(io.BytesIO(png))), want)) for name, png in answers.items()}
@@ -358,7 +350,7 @@ def measure_size(image_size: int, data: bytes, args: argparse.Namespace) -> dict
                         latency[name].append(1000 * bare.seconds([data]))
                     else:
                         server = next(s for s in servers if s.name == name)
-                        latency[name].append(1000 * _timed(server.segment, clients[name], data))
+                        latency[name].append(1000 * timed(server.segment, clients[name], data))
             for c in clients.values():
                 c.close()
             rates: dict[str, list[float]] = {"bare_b1": [], f"bare_b{args.max_batch}": [],
@@ -382,7 +374,7 @@ def measure_size(image_size: int, data: bytes, args: argparse.Namespace) -> dict
 
 
 def summarise(image_size: int, latency: dict, rates: dict, masks: dict, args, load_before, load_after) -> dict:
-    lat = {name: {"p50": pct(ms, 50), "p95": pct(ms, 95)} for name, ms in latency.items()}
+    lat = {name: {"p50": round(pct(ms, 50), 2), "p95": round(pct(ms, 95), 2)} for name, ms in latency.items()}
     per_round = {name: [round(v, 1) for v in values] for name, values in rates.items()}
     thr = {name: round(statistics.median(values), 1) for name, values in rates.items()}
     best_bare = max(thr["bare_b1"], thr[f"bare_b{args.max_batch}"])
