@@ -303,6 +303,9 @@ def test_the_pages_fit_a_phone_and_a_wide_screen(stack, new_page, width, height,
         task = api.get(f"/models/{MODEL}/tasks").json()[-1]
     page.goto(f"{stack.url}/dashboard#/tasks/{task['id']}")
     page.wait_for_selector("#task-facts [data-field=version] a")
+    # Where the task's time went, phase by phase, as the API recorded it.
+    phases = page.inner_text("#task-facts [data-field=timings]")
+    assert all(p in phases for p in ("ingest", "queued", "data", "training", "scoring", "upload")), phases
     assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 1
     shot(page, f"{label}-task")
 

@@ -151,6 +151,21 @@ function importReport(report) {
         i.examples.length ? h("div", { class: "small muted" }, "e.g. ", i.examples.join(", ")) : null))));
 }
 
+// Where the task's time went (the API's timings): the upload's ingest, the queue, then the last
+// attempt's phases; a slow phase says where to look (docs/operations.md, the training data path).
+const PHASES = [["ingest_s", "ingest"], ["queued_s", "queued"], ["fetch_s", "data"], ["train_s", "training"],
+  ["score_s", "scoring"], ["upload_s", "upload"], ["record_s", "record"]];
+
+function timings(t) {
+  const known = PHASES.filter(([key]) => t && t[key] !== null && t[key] !== undefined);
+  if (!known.length) return null;
+  const parts = known.map(([key, label]) => h("span", { class: "phase", "data-phase": label }, `${label} ${seconds(t[key])}`));
+  return [h("dt", {}, "Time"), h("dd", { "data-field": "timings" },
+    parts.flatMap((p, i) => (i ? [" · ", p] : [p])), t.total_s != null ? h("strong", {}, ` = ${duration(t.total_s)}`) : null)];
+}
+
+const seconds = (s) => (s < 10 ? `${s.toFixed(1)} s` : duration(s));
+
 export async function renderTask(ctx, id) {
   let task = await get(paths.task(id));
   if (!ctx.current()) return;
@@ -174,6 +189,7 @@ export async function renderTask(ctx, id) {
       h("dt", {}, "Submitted"), h("dd", {}, when(t.created_at)),
       h("dt", {}, "Started"), h("dd", {}, when(t.started_at), t.attempts > 1 ? ` (attempt ${t.attempts})` : ""),
       h("dt", {}, "Finished"), h("dd", {}, when(t.finished_at)),
+      timings(t.timings),
       t.error ? [h("dt", {}, "Error"), h("dd", { class: "error-text" }, t.error)] : null);
     card.update(t);
   };
