@@ -75,7 +75,15 @@ def cli_process(api, key: str, *args: str, **kw) -> subprocess.Popen:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("STRATA_")},
            "STRATA_URL": api.url, "STRATA_API_KEY": key}
     return subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible, **kw)
+
+
+def _interruptible() -> None:
+    """SIGINT back to its default in the child, as a terminal's foreground process has it: a test
+    suite started in the background of a script (`cmd &`) ignores SIGINT, the ignore is inherited,
+    and Python then installs no KeyboardInterrupt handler, so Ctrl-C could not be tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @SERVER
