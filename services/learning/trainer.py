@@ -132,7 +132,9 @@ def train(
 
     run_facts = {"arch": model.arch, "num_classes": model.num_classes, "class_map": class_map,
                  "method": method.name, "num_images": n_images, "steps_per_epoch": steps}
-    loader = _loader(dataset, batch_size, config, device)
+    # Under DDP this whole-set loader serves only the passes before and after training (the ranks
+    # train on their own shards): its workers need not idle through the epochs.
+    loader = _loader(dataset, batch_size, config, device, persistent=dist is None)
     if config.class_balance > 0:
         loader.sampler.set_epoch(config.epochs + 2)
         masks = (labels for _, labels in loader)
@@ -346,19 +348,20 @@ def _seed_everything(seed: int) -> None:
 
 
 def _loader(dataset: Dataset, batch_size: int, config: TrainConfig, device: torch.device, *,
-            rank: int = 0, world_size: int = 1) -> DataLoader:
+            rank: int = 0, world_size: int = 1, persistent: bool = True) -> DataLoader:
     """The run's one loader: each pass (``loader.sampler.set_epoch``) is shuffled and augmented by
     draws of (seed, pass) alone (services.learning.sampling), whatever the number of workers.
 
     Workers decode and augment the next batches while the model trains on this one; they persist
-    from pass to pass (no fork and refill at each epoch) unless ``config.persistent_workers`` is off.
+    from pass to pass (no fork and refill at each epoch) unless ``config.persistent_workers`` is off
+    or ``persistent`` is (a loader used for a pass or two only, e.g. beside a rank's own shards).
     Batches are pinned for an asynchronous copy when training on CUDA."""
     sampler = EpochSampler(len(dataset), batch_size, config.seed,  # type: ignore[arg-type]
                            rank=rank, world_size=world_size)  # a rank's share (services.learning.distributed)
     workers = config.num_workers
     return DataLoader(
         SeededItems(dataset), batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0 and config.persistent_workers,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0 and config.persistent_workers and persistent,
     )
 
 
